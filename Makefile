@@ -1,0 +1,34 @@
+# childtune: every target builds the in-repo virtualenv on first use.
+PY        ?= python3
+VENV      := .venv
+BIN       := $(VENV)/bin
+STAMP     := $(VENV)/.installed
+DATA_DIR  ?= $(if $(CHILDTUNE_DATA_DIR),$(CHILDTUNE_DATA_DIR),../shared/data)
+PROTOCOL  ?= cpu
+export CHILDTUNE_DATA_DIR := $(DATA_DIR)
+
+.PHONY: install test test-unit run reproduce reproduce-tables bench bench-quick clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade --quiet pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration"
+
+# One real fine-tuning run on the embedded model (RTE, 64 examples, 1 epoch).
+run: $(STAMP)
+	$(BIN)/python -m childtune.train task=rte variant=vanilla seed=1 data.n_train=64 trainer.epochs=1
+
+reproduce-tables: $(STAMP)
+	$(BIN)/python -m childtune.aggregate
+
+clean:
+	rm -rf .cache .hydra_sweeps .pytest_cache

