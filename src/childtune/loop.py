@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .fisher import NON_MODEL_KEYS
+from .fisher import NON_MODEL_KEYS, default_loss
 
 
 class TrainingDiverged(RuntimeError):
@@ -22,9 +22,11 @@ def model_inputs(batch: dict) -> dict:
 
 
 def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float | None,
-          progress: bool = True, on_step: Callable[[dict], None] | None = None) -> dict:
+          progress: bool = True, on_step: Callable[[dict], None] | None = None,
+          loss_fn: Callable = default_loss) -> dict:
     """Returns what the record keeps: steps, seconds, examples/s, last loss and a digest of the
-    batch order (equal digests = the same examples in the same batches in the same order)."""
+    batch order (equal digests = the same examples in the same batches in the same order).
+    `loss_fn(model, batch)` gives the training loss (regularizers wrap the default)."""
     from tqdm.auto import tqdm
 
     order = hashlib.sha256()
@@ -36,7 +38,7 @@ def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float
     for epoch in range(epochs):
         for batch in loader:
             order.update(batch["idx"].numpy().tobytes())
-            loss = model(**model_inputs(batch)).loss
+            loss = loss_fn(model, batch)
             loss.backward()
             grad_norm = (torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
                          if max_grad_norm else None)

@@ -3,11 +3,16 @@
 A record is one JSON file per finished run under `<results_dir>/runs/`. Its path is derived
 from the run's identity, so a sweep can tell which runs are done:
 
-    runs/<study>/<model>/<task>/<variant>/<config hash>/seed<seed>.json
+    runs/<model>/<task>/<variant>/<config hash>/seed<seed>.json
+
+The study is not part of the path: a run two studies share (main's and the ablation's CT_D
+runs) is trained once; each study's table selects the records its plan names.
 
 The config hash covers the whole resolved config except the keys that do not change the
-numbers (seed, where data/results/caches live, logging, runtime). Seeds of one table cell share
-a folder. Nothing under results/ is written by hand."""
+numbers (seed, where data/results/caches live, logging, runtime). Values that are null, false
+or "none" are left out of it too, so a new option whose default is off keeps every existing
+run's identity. Seeds of one table cell share a folder. Nothing under results/ is written by
+hand."""
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +26,8 @@ from pathlib import Path
 
 SCHEMA = 1
 # Top-level / dotted keys that never change a run's numbers.
-NON_IDENTITY_KEYS = ("seed", "results_dir", "data.dir", "logger", "runtime", "force", "study")
+NON_IDENTITY_KEYS = ("seed", "results_dir", "data.dir", "logger", "runtime", "force", "study",
+                     "protocol")  # the protocol's values reach the config (lr, n_train) already
 
 
 def _drop(config: dict, dotted: str) -> None:
@@ -32,10 +38,18 @@ def _drop(config: dict, dotted: str) -> None:
         config.pop(head, None)
 
 
+def _without_neutral(value):
+    if isinstance(value, dict):
+        return {k: _without_neutral(v) for k, v in value.items()
+                if v is not None and v is not False and v != "none"}
+    return value
+
+
 def config_hash(config: dict) -> str:
     trimmed = json.loads(json.dumps(config))
     for key in NON_IDENTITY_KEYS:
         _drop(trimmed, key)
+    trimmed = _without_neutral(trimmed)
     return hashlib.sha256(json.dumps(trimmed, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -56,7 +70,7 @@ def identity(config: dict) -> dict:
 
 
 def record_path(results_dir: str | Path, ident: dict) -> Path:
-    return (Path(results_dir) / "runs" / ident["study"] / ident["model"] / ident["task"]
+    return (Path(results_dir) / "runs" / ident["model"] / ident["task"]
             / ident["variant"] / ident["config_hash"] / f"seed{ident['seed']}.json")
 
 

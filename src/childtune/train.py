@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, loop, models, optim, records, variants
+from . import data, loggers, loop, models, optim, records, variants
 from .errors import UserError
 from .masks import prune_
 from .tasks import get_task
@@ -27,6 +27,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def rerun_command() -> str:
+    """The single-run command line that reproduces this run (also inside a multirun)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under Hydra (called from Python)
+        overrides = sys.argv[1:]
+    return "python -m childtune.train " + " ".join(shlex.quote(o) for o in overrides)
 
 
 def check_config(config: dict) -> None:
@@ -83,8 +94,32 @@ def run(cfg: DictConfig) -> Path:
     if child.masker is not None:
         child.masker.attach(optimizer)
 
+    logger = loggers.build_logger(cfg.logger, config, ident)
+    failed = True
+    try:
+        record = _train_and_evaluate(cfg, config, ident, task, model, child, train_loader,
+                                     eval_loaders, optimizer, scheduler, warmup, logger)
+        record["data"] = {"source": str(data_dir) if data_dir else "hub",
+                          "sizes": {name: len(split) for name, split in splits.items()}}
+        logger.log_record(record)
+        record["logger"] = logger.info()
+        path = records.write_record(cfg.results_dir, record)
+        failed = False
+    finally:
+        logger.close(failed)
+    value = record["headline"]["value"]
+    print(f"{ident['model']} {ident['task']} {ident['variant']} seed={ident['seed']}: "
+          f"{task.headline}={'n/a' if value is None else f'{value:.4f}'} "
+          f"train {record['timings']['train_seconds']:.1f}s "
+          f"eval {record['timings']['eval_seconds']:.1f}s -> {path}")
+    return path
+
+
+def _train_and_evaluate(cfg, config, ident, task, model, child, train_loader, eval_loaders,
+                        optimizer, scheduler, warmup, logger) -> dict:
     trained = loop.train(model, train_loader, optimizer, scheduler, cfg.trainer.epochs,
-                         cfg.trainer.max_grad_norm, progress=cfg.runtime.progress)
+                         cfg.trainer.max_grad_norm, progress=cfg.runtime.progress,
+                         on_step=logger.log_step)
     metrics, eval_seconds = loop.evaluate(model, eval_loaders, task.is_regression, task.metrics)
     result = {"metrics": metrics}
     if cfg.variant.prune:
@@ -98,7 +133,7 @@ def run(cfg: DictConfig) -> Path:
     if isinstance(child.masker, variants.M.ChildTuningF):
         mask_info["observed_keep_rate"] = child.masker.keep_rate()
     headline_split = task.eval_splits[0]
-    record = {
+    return {
         "status": "success",
         "identity": ident,
         "config": config,
@@ -108,20 +143,13 @@ def run(cfg: DictConfig) -> Path:
         "mask": mask_info,
         "train": {k: trained[k] for k in ("steps", "examples", "last_loss",
                                           "batch_order_sha256")} | {"warmup_steps": warmup},
-        "data": {"source": str(data_dir) if data_dir else "hub",
-                 "sizes": {name: len(split) for name, split in splits.items()}},
         "timings": {"train_seconds": trained["seconds"], "eval_seconds": eval_seconds,
                     "fisher_seconds": mask_info.get("fisher_seconds", 0.0),
                     "train_examples_per_s": trained["examples_per_s"]},
         "environment": records.environment(),
-        "command": "python -m childtune.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "command": rerun_command(),
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    path = records.write_record(cfg.results_dir, record)
-    print(f"{ident['model']} {ident['task']} {ident['variant']} seed={ident['seed']}: "
-          f"{task.headline}={record['headline']['value']:.4f} "
-          f"train {trained['seconds']:.1f}s eval {eval_seconds:.1f}s -> {path}")
-    return path
 
 
 @hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
