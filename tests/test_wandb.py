@@ -2,6 +2,7 @@
 touches wandb; a run that fails mid-training still finishes its wandb run."""
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -54,7 +55,7 @@ def run(tmp_path: Path, *extra: str) -> dict:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=overrides(tmp_path, *extra))
     path = train.run(cfg)
-    return records.read_records(tmp_path / "results")[0] | {"file": path}
+    return json.loads(path.read_text()) | {"path": str(path.relative_to(tmp_path / "results"))}
 
 
 def test_offline_run_writes_expected_keys(env):
@@ -95,6 +96,12 @@ def test_offline_run_writes_expected_keys(env):
     assert summary["fisher/log10_histogram/values"] == histogram["counts"]
     assert summary["fisher/log10_histogram/bins"] == pytest.approx(histogram["edges"])
     assert logged["exit"] == 0
+
+    # prune reuses this mask from the cache; its record still carries the Fisher summary
+    pruned = run(env, "variant=prune", "seed=3")
+    assert pruned["mask"]["source"] == "reused"
+    assert pruned["mask"]["fisher_log10_histogram"] == histogram
+    assert pruned["mask"]["fisher_quantiles"] == record["mask"]["fisher_quantiles"]
 
 
 def test_failed_run_still_finishes_its_wandb_run(env, monkeypatch):
@@ -160,3 +167,42 @@ def test_none_logger_never_imports_wandb_and_leaves_no_wandb_dir(env):
     probe = subprocess.run([sys.executable, "-X", "importtime", "-c", "import wandb"],
                            capture_output=True, text=True, timeout=120)
     assert imports_wandb(probe.stderr)
+
+
+def test_tables_and_figures_upload_to_one_offline_summary_run(env, capsys):
+    from childtune import wandb_tables
+
+    results = env / "results"
+    (results / "tables").mkdir(parents=True)
+    (results / "tables" / "main.csv").write_text("task,variant,mean\nrte,vanilla,0.61\n"
+                                                "rte,child_tuning_d,0.63\n")
+    (results / "figures").mkdir()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.figure(figsize=(2, 2))
+    plt.savefig(results / "figures" / "main_seeds.png")
+    plt.close("all")
+    wandb_tables.main(["--results-dir", str(results)])
+    assert "1 tables, 1 figures" in capsys.readouterr().out
+    (run_dir,) = (results / "wandb").glob("offline-run-*")
+    logged = read_run(run_dir)
+    assert (logged["run"].project, logged["run"].job_type) == ("childtune-tables", "summary")
+    (row,) = logged["history"]
+    assert (row["tables/main/_type"], row["tables/main/nrows"], row["tables/main/ncols"]) == (
+        "table-file", 2, 3)
+    assert row["figures/main_seeds/_type"] == "image-file"
+    assert logged["exit"] == 0
+
+
+def test_tables_upload_without_tables_is_one_clear_error(env, capsys):
+    from childtune import wandb_tables
+
+    with pytest.raises(SystemExit) as exit_:
+        wandb_tables.main(["--results-dir", str(env / "empty")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no tables") and "make reproduce-tables" in err
+    assert "\n" not in err

@@ -53,15 +53,13 @@ def run_names(ident: dict, project: str) -> dict:
 
 
 def record_values(record: dict) -> dict:
-    """The finished record as flat wandb keys: scalars, plus the Fisher histogram as a
-    (counts, edges) pair under `fisher/log10_histogram`."""
+    """The finished record as flat wandb keys (its numbers, named by their place in the
+    record), plus the Fisher histogram as a (counts, edges) pair."""
     out = {}
-    sections = {"eval": record.get("metrics"), "eval_before_prune": record.get("metrics_before_prune"),
-                "mask": record.get("mask"), "time": record.get("timings"),
-                "train": {k: v for k, v in record.get("train", {}).items()
-                          if k in ("steps", "examples", "last_loss", "warmup_steps")}}
-    for prefix, section in sections.items():
-        _flatten(prefix, section or {}, out)
+    sections = {"eval": "metrics", "eval_before_prune": "metrics_before_prune", "mask": "mask",
+                "time": "timings", "train": "train"}
+    for prefix, key in sections.items():
+        _flatten(prefix, record.get(key) or {}, out)
     headline = record.get("headline") or {}
     if headline.get("value") is not None:
         out[f"headline/{headline['metric']}"] = headline["value"]
@@ -140,12 +138,14 @@ class WandbLogger(NullLogger):
                 np_histogram=histogram)}, step=record["train"]["steps"]))
 
     def info(self) -> dict:
+        """The run's folder is kept relative to results_dir when it lies inside it."""
         run_dir = Path(self.run.dir).parent.resolve()
         try:
             run_dir = run_dir.relative_to(self._results_dir.resolve())
         except ValueError:
             pass
-        return {"name": "wandb", "id": self.run.id, "mode": self.mode, "dir": str(run_dir),
+        return {"name": "wandb", "id": self.run.id, "mode": self.mode,
+                "dir": None if self.mode == "disabled" else str(run_dir),
                 "project": self._names["project"], "group": self._names["group"]}
 
     def close(self, failed: bool) -> None:

@@ -122,7 +122,7 @@ def _log10_histogram(values: torch.Tensor, bins: int = 40) -> dict:
     positive = values[values > 0]
     if positive.numel() == 0:
         return {"counts": [], "edges": [], "zeros": values.numel()}
-    counts, edges = torch.histogram(positive.double().log10(), bins=bins)
+    counts, edges = torch.histogram(positive.log10(), bins=bins)
     return {"counts": [int(c) for c in counts.tolist()], "edges": edges.tolist(),
             "zeros": values.numel() - positive.numel()}
 
@@ -152,7 +152,8 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
         masks, meta = load_masks(path)
         info = {"source": "reused", "fisher_seconds": 0.0, "computed_fisher_seconds":
                 meta.get("fisher_seconds"),
-                **{k: meta[k] for k in ("fisher_quantiles", "fisher_log10_histogram") if k in meta}}
+                **{k: meta[k] for k in ("fisher_quantiles", "fisher_log10_histogram")
+                   if k in meta}}
     else:
         masks, summary = _fixed_masks(variant, model, fisher_loader, max_grad_norm, seed, progress)
         if path is not None:
