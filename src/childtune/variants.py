@@ -106,13 +106,25 @@ def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progr
     values = torch.cat([f.flatten() for f in fisher.values()])
     summary = {"fisher_seconds": seconds,
                "fisher_quantiles": dict(zip(["min", "q25", "median", "q75", "max"],
-                                            _quantiles(values)))}
+                                            _quantiles(values))),
+               "fisher_log10_histogram": _log10_histogram(values)}
     return selected, summary
 
 
 def _quantiles(values: torch.Tensor) -> list[float]:
     sample = values[torch.linspace(0, values.numel() - 1, min(values.numel(), 1 << 20)).long()]
     return torch.quantile(sample.double(), torch.tensor([0, .25, .5, .75, 1.0], dtype=torch.double)).tolist()
+
+
+def _log10_histogram(values: torch.Tensor, bins: int = 40) -> dict:
+    """Counts of log10(Fisher) over `bins` equal bins between the smallest and largest positive
+    value (edges has bins + 1 entries); exact zeros cannot be logged and are counted apart."""
+    positive = values[values > 0]
+    if positive.numel() == 0:
+        return {"counts": [], "edges": [], "zeros": values.numel()}
+    counts, edges = torch.histogram(positive.log10(), bins=bins)
+    return {"counts": [int(c) for c in counts.tolist()], "edges": edges.tolist(),
+            "zeros": values.numel() - positive.numel()}
 
 
 def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, seed: int,
@@ -139,7 +151,9 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
     if path is not None and path.is_file():
         masks, meta = load_masks(path)
         info = {"source": "reused", "fisher_seconds": 0.0, "computed_fisher_seconds":
-                meta.get("fisher_seconds")}
+                meta.get("fisher_seconds"),
+                **{k: meta[k] for k in ("fisher_quantiles", "fisher_log10_histogram")
+                   if k in meta}}
     else:
         masks, summary = _fixed_masks(variant, model, fisher_loader, max_grad_norm, seed, progress)
         if path is not None:
