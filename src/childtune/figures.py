@@ -79,6 +79,7 @@ def kept_per_layer(plan, recs: dict, title: str, path: Path) -> Path | None:
         ax.errorbar([int(k) for k in layers], values.mean(0), yerr=values.std(0), marker="o",
                     capsize=3, label=f"{task} (p={_p(found, task)})")
     ax.set_xlabel("encoder layer")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("kept fraction")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

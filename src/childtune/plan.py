@@ -83,8 +83,13 @@ class Plan:
 
 # ---------------------------------------------------------------- composing
 
+ORDER = ("lr_grid", "main", "ablation", "low_resource", "p_sweep", "domain_transfer",
+         "task_transfer")  # the order `make reproduce` runs them in; other studies follow
+
+
 def studies() -> list[str]:
-    return sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+    names = [p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")]
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def conf_sha() -> str:

@@ -206,28 +206,38 @@ def _p(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.3g}"
 
 
-def score_text(cell: pd.Series) -> str:
+def score_text(cell: dict) -> str:
     if cell["n"] == 0:
         return f"— (0/{cell['n_planned']}){DAGGER}"
     n = f"({cell['n']})" if cell["complete"] else f"({cell['n']}/{cell['n_planned']}){DAGGER}"
     return f"{_num(cell['mean'])} ± {_num(cell['std'])} {n}"
 
 
-def delta_text(cell: pd.Series) -> str:
+def delta_text(cell: dict) -> str:
     if cell["n_pairs"] == 0:
         return "—"
     mark = "" if cell["complete"] else DAGGER
     return f"{_num(cell['delta'], signed=True)} (p={_p(cell['p_ttest_rel'])}){mark}"
 
 
+def _paper_cells(entries: list[dict], row: str, columns: list[str], models: set[str]) -> list:
+    return [next((_paper_text(e, models) for e in entries
+                  if e["row"] == row and e["column"] == c), "") for c in columns]
+
+
+def _grid(header: list[str], rows: list[list[str]]) -> dict:
+    return {"header": header, "rows": rows}
+
+
 def grids(stats: pd.DataFrame, obs: pd.DataFrame, reference: list[dict]) -> list[dict]:
-    """Per panel: the score grid and the Δ grid (header + rows of strings), renderer-neutral."""
+    """Per panel: the score grid and the Δ grid (header + rows of strings), renderer-neutral.
+    Paper numbers get columns of their own: "paper <column>" and "paper Δ <column>", and,
+    where the paper's Δ is against another variant than vanilla, ours against that variant."""
     models = set(obs["model"])
     entries = paper_entries(reference, obs["study"].iloc[0], models)
     out = []
     for panel, part in stats.groupby("panel", sort=False):
-        columns = list(dict.fromkeys(part["column"]))
-        columns = [c for c in columns if c != "avg"] + (["avg"] if "avg" in columns else [])
+        columns = [c for c in dict.fromkeys(part["column"]) if c != "avg"] + ["avg"]
         rows = list(dict.fromkeys(part["row"]))
         cell = {(r, c): x for r, c, x in zip(part["row"], part["column"],
                                               part.to_dict("records"))}
@@ -235,33 +245,27 @@ def grids(stats: pd.DataFrame, obs: pd.DataFrame, reference: list[dict]) -> list
         deltas = [e for e in entries if e["quantity"] == "delta" and e["row"] in rows]
         mean_cols = list(dict.fromkeys(e["column"] for e in means))
         delta_cols = list(dict.fromkeys(e["column"] for e in deltas))
-        score = {"header": ["variant", *columns, *(f"paper {c}" for c in mean_cols)], "rows": []}
-        for r in rows:
-            paper = [next((_paper_text(e, models) for e in means
-                           if e["row"] == r and e["column"] == c), "") for c in mean_cols]
-            score["rows"].append([r, *(score_text(pd.Series(cell[(r, c)])) if (r, c) in cell
-                                      else "" for c in columns), *paper])
-        delta_rows = [r for r in rows if any(cell.get((r, c), {}).get("n_pairs") for c in columns)
-                      or any(e["row"] == r for e in deltas)]
-        versus = {(e["row"], e["column"]): e.get("versus") for e in deltas}
-        other = [c for c in delta_cols if any(v != BASELINE for (r, col), v in versus.items()
-                                               if col == c)]
-        delta = {"header": ["variant", *columns, *(f"paper Δ {c}" for c in delta_cols),
-                            *(f"ours Δ {c} vs paper's baseline" for c in other)], "rows": []}
-        for r in delta_rows:
-            paper = [next((_paper_text(e, models) for e in deltas
-                           if e["row"] == r and e["column"] == c), "") for c in delta_cols]
-            ours = []
-            for c in other:
-                v = versus.get((r, c))
-                d = delta_versus(obs, panel, r, v, c) if v and v != BASELINE else None
-                ours.append("" if d is None else
-                            f"{_num(d['delta'], True)} vs {v} (p={_p(d['p_ttest_rel'])})")
-            delta["rows"].append([r, *(delta_text(pd.Series(cell[(r, c)])) if (r, c) in cell
-                                      else "" for c in columns), *paper, *ours])
-        out.append({"panel": panel, "score": score,
-                    "delta": delta if delta["rows"] else None})
+        score = _grid(["variant", *columns, *(f"paper {c}" for c in mean_cols)],
+                      [[r, *(score_text(cell[(r, c)]) if (r, c) in cell else "" for c in columns),
+                        *_paper_cells(means, r, mean_cols, models)] for r in rows])
+        versus = {(e["row"], e["column"]): e["versus"] for e in deltas
+                  if e.get("versus", BASELINE) != BASELINE}
+        other = list(dict.fromkeys(c for _, c in versus))
+        delta_rows = [r for r in rows if any(e["row"] == r for e in deltas)
+                      or any(cell.get((r, c), {}).get("n_pairs") for c in columns)]
+        delta = _grid(["variant", *columns, *(f"paper Δ {c}" for c in delta_cols),
+                       *(f"ours Δ {c} vs paper's baseline" for c in other)],
+                      [[r, *(delta_text(cell[(r, c)]) if (r, c) in cell else "" for c in columns),
+                        *_paper_cells(deltas, r, delta_cols, models),
+                        *(_versus_text(obs, panel, r, versus.get((r, c)), c) for c in other)]
+                       for r in delta_rows])
+        out.append({"panel": panel, "score": score, "delta": delta if delta_rows else None})
     return out
+
+
+def _versus_text(obs: pd.DataFrame, panel: str, row: str, versus: str | None, column: str):
+    d = delta_versus(obs, panel, row, versus, column) if versus else None
+    return "" if d is None else f"{_num(d['delta'], True)} vs {versus} (p={_p(d['p_ttest_rel'])})"
 
 
 def markdown_table(grid: dict) -> str:
