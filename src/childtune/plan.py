@@ -295,8 +295,12 @@ class ManifestCallback(Callback):
     def on_multirun_start(self, config, **kwargs) -> None:
         if config.get("study", "adhoc") == "adhoc":
             return
-        plan = make_plan(list(config.hydra.overrides.task))
-        path = write_manifest(config.results_dir, plan)
+        try:
+            plan = make_plan(list(config.hydra.overrides.task))
+            path = write_manifest(config.results_dir, plan)
+        except (UserError, OSError) as exc:  # the jobs report their own config errors
+            print(f"plan: not saved ({exc})")
+            return
         done = sum((Path(config.results_dir) / run["path"]).exists() for run in plan.runs)
         print(f"plan: {len(plan.runs)} runs ({done} done) -> {path}")
 

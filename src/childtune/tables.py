@@ -5,8 +5,9 @@ one row per variant (with p, lr when the study sweeps them), one panel per value
 swept key (e.g. data.n_train). Scores are the record's headline metric x100 (its transfer
 accuracy for a domain-transfer column); a cell is mean ± sample std (ddof=1) over seeds with
 its number of runs n. A cell with fewer runs than the plan names is marked † (n/planned),
-never silently averaged. `avg` is the mean over the row's averaged columns, per seed, over the
-seeds that have all of them.
+never silently averaged (a run whose metric could not be computed, null in its record, counts as
+missing). `avg` is the mean over the row's averaged columns, per seed, over the seeds that have
+all of them.
 
 Δ vs vanilla: the mean of the per-seed differences (paired by seed) against the vanilla row of
 the same panel; p-value: two-sided paired t-test, scipy.stats.ttest_rel; the Wilcoxon
