@@ -5,6 +5,7 @@ BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 DATA_DIR  ?= $(if $(CHILDTUNE_DATA_DIR),$(CHILDTUNE_DATA_DIR),../shared/data)
 PROTOCOL  ?= cpu
+LAUNCHER  ?= hydra/launcher=joblib hydra.launcher.n_jobs=2
 export CHILDTUNE_DATA_DIR := $(DATA_DIR)
 
 .PHONY: install test test-unit run reproduce reproduce-tables bench bench-quick clean
@@ -26,6 +27,13 @@ test-unit: $(STAMP)
 # One real fine-tuning run on the embedded model (RTE, 64 examples, 1 epoch).
 run: $(STAMP)
 	$(BIN)/python -m childtune.train task=rte variant=vanilla seed=1 data.n_train=64 trainer.epochs=1
+
+# Every planned run of PROTOCOL (cpu: 2 jobs side by side, 1 thread each) that has no record
+# yet, study by study, then the tables. With every record present it only rebuilds the tables.
+# Status without running: python -m childtune.plan protocol=cpu (see experiments/README.md).
+reproduce: $(STAMP)
+	$(BIN)/python -m childtune.plan protocol=$(PROTOCOL) launch=true launcher='$(LAUNCHER)'
+	$(BIN)/python -m childtune.aggregate
 
 reproduce-tables: $(STAMP)
 	$(BIN)/python -m childtune.aggregate

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, loggers, loop, models, optim, records, variants
+from . import data, loggers, loop, models, optim, records, transfer, variants
 from .errors import UserError
 from .masks import prune_
 from .tasks import get_task
@@ -55,9 +55,10 @@ def check_config(config: dict) -> None:
 def run(cfg: DictConfig) -> Path:
     config = OmegaConf.to_container(cfg, resolve=True)
     check_config(config)
+    transfer.check(config)
     ident = records.identity(config)
     out = records.record_path(cfg.results_dir, ident)
-    if out.exists() and not cfg.force:
+    if out.exists() and not cfg.force and not transfer.needs_encoder(cfg, ident):
         print(f"skip: {out} exists (+force=true reruns it)")
         return out
     if cfg.runtime.threads:
@@ -72,6 +73,7 @@ def run(cfg: DictConfig) -> Path:
 
     seed_everything(cfg.seed)
     model = models.load_model(cfg.model, task.num_labels)
+    source = transfer.start_from_source(cfg, model)  # task transfer: the source run's encoder
     child = variants.build(
         config["variant"], model,
         fisher_loader=lambda s: data.make_loader(encoded["train"], cfg.trainer.batch_size, s),
@@ -79,7 +81,7 @@ def run(cfg: DictConfig) -> Path:
         cache_dir=Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None,
         cache_parts={"model": config["model"], "task": task.name, "data": {
             k: v for k, v in config["data"].items() if k != "dir"},
-            "batch_size": cfg.trainer.batch_size},
+            "batch_size": cfg.trainer.batch_size} | transfer.mask_cache_parts(source),
         progress=cfg.runtime.progress)
 
     train_loader = data.make_loader(encoded["train"], cfg.trainer.batch_size, cfg.seed)
@@ -99,6 +101,7 @@ def run(cfg: DictConfig) -> Path:
     try:
         record = _train_and_evaluate(cfg, config, ident, task, model, child, train_loader,
                                      eval_loaders, optimizer, scheduler, warmup, logger)
+        record.update(transfer.finish(cfg, ident, task, model, tokenizer, data_dir, source))
         record["data"] = {"source": str(data_dir) if data_dir else "hub",
                           "sizes": {name: len(split) for name, split in splits.items()}}
         logger.log_record(record)

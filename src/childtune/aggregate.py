@@ -1,0 +1,191 @@
+"""Rebuild every study's tables and figures from the run records alone.
+
+    python -m childtune.aggregate [results_dir=results] [reference=reference/paper.yaml]
+                                  [figures=true]
+
+Reads the records under <results_dir>/runs and the plans under <results_dir>/plans (plan.py:
+each multirun saves its plan; records of a study that no saved plan names get the study's
+default plan, composed once and saved). Writes <results_dir>/tables/<study>.md, .csv and .tex
+(one section per plan that has records) and <results_dir>/figures/*.png, and prints where.
+Never imports torch or the training code."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from . import plan as plans_mod
+from . import records, tables
+from .errors import UserError
+from .plan import Plan
+
+DEFAULT_REFERENCE = plans_mod.CONF_DIR.parent / "reference" / "paper.yaml"
+METHOD = ("Scores x100: each task's headline metric (the record's `headline`; a domain-transfer "
+          "column A→B: accuracy on B in the common label space), mean ± sample std (ddof=1) "
+          "over seeds, (n) runs. † = fewer runs than the plan names (n/planned): a cell is "
+          "never averaged silently. avg = per-seed mean over the row's averaged columns, "
+          "over the seeds that have all of them. Δ = mean per-seed difference against the "
+          "vanilla row (paired by seed); p = two-sided paired t-test, scipy.stats.ttest_rel "
+          "(Wilcoxon signed-rank p in the CSV).")
+
+
+def load_reference(path) -> list[dict]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"paper reference file {path} is missing; pass reference=<file>")
+    return yaml.safe_load(path.read_text()).get("numbers") or []
+
+
+def _shown(path) -> str:
+    """A path as the tables print it: relative to the project, never a machine path."""
+    path = Path(path).resolve()
+    for root in (plans_mod.CONF_DIR.parent, Path.cwd()):
+        if path.is_relative_to(root):
+            return str(path.relative_to(root))
+    return path.name
+
+
+def choose_plans(plans: list[Plan], found: set[str]) -> list[Plan]:
+    """Plans with records, without duplicates: a plan naming the same runs as another, or a
+    subset of another plan's runs of the same study, is dropped."""
+    unique = {p.digest: p for p in plans}
+    paths = {d: {r["path"] for r in p.runs} for d, p in unique.items()}
+    keep = []
+    for digest, plan in sorted(unique.items(), key=lambda kv: kv[1].name):
+        inside = any(o != digest and unique[o].study == plan.study and paths[digest] < paths[o]
+                     for o in unique)
+        if not inside and paths[digest] & found:
+            keep.append(plan)
+    return keep
+
+
+def all_plans(results_dir, recs: dict[str, dict]) -> list[Plan]:
+    plans = plans_mod.read_manifests(results_dir)
+    named = {r["path"] for p in plans for r in [*p.runs, *p.sources]}
+    wanted = {(r["config"].get("study"), (r["config"].get("protocol") or {}).get("name"))
+              for path, r in recs.items() if path not in named}
+    for study, protocol in sorted(wanted, key=str):
+        if study in plans_mod.studies():
+            launch = [f"experiment={study}"] + ([f"protocol={protocol}"] if protocol else [])
+            plans.append(plans_mod.cached_plan(results_dir, launch))
+    return plans
+
+
+def _slugs(plans: list[Plan]) -> dict[str, str]:
+    """A short name per plan: its protocol, plus its digest when a study has two such plans."""
+    counts: dict[tuple, int] = {}
+    for p in plans:
+        counts[(p.study, p.protocol)] = counts.get((p.study, p.protocol), 0) + 1
+    return {p.name: (f"{p.protocol}" if counts[(p.study, p.protocol)] == 1
+                     else f"{p.protocol}-{p.digest}") for p in plans}
+
+
+def _section(plan: Plan, label: str, recs: dict, reference: list[dict], reference_path: str):
+    obs = tables.observations(plan, recs)
+    stats = tables.summarize(obs)
+    found = sum(r["path"] in recs for r in plan.runs)
+    metrics = sorted({f"{t} {m}" for t, m in zip(obs["task"], obs["metric"]) if m})
+    md = [f"## {label}", "",
+          f"Launch: `{plan.command}`  ",
+          f"Models: {', '.join(sorted(set(obs['model'])))}; records: {found} of "
+          f"{len(plan.runs)} planned runs ({len(plan.runs) - found} missing); "
+          f"headline metrics: {', '.join(metrics) or 'n/a'}.", ""]
+    tex = []
+    for grid in tables.grids(stats, obs, reference):
+        title = f"{plan.study}, {label}" + (f", {grid['panel']}" if grid["panel"] else "")
+        if grid["panel"]:
+            md += [f"### {grid['panel']}", ""]
+        md += [tables.markdown_table(grid["score"]), ""]
+        tex.append(tables.tex_table(grid["score"], f"{title}: mean $\\pm$ std (n)."))
+        if grid["delta"]:
+            md += ["Δ vs vanilla (p: paired t-test over seeds):", "",
+                   tables.markdown_table(grid["delta"]), ""]
+            tex.append(tables.tex_table(grid["delta"], f"{title}: difference to vanilla (p)."))
+    entries = tables.paper_entries(reference, plan.study, set(obs["model"]))
+    if entries:
+        md += [f"Paper's reported numbers for this study ({reference_path}; not our runs):", ""]
+        md += [f"- {e['row']}, {e['column']}, {e['quantity']}"
+               + (f" vs {e['versus']}" if e.get("versus") else "")
+               + f": {e['value']:g} (model: {e.get('model') or 'not stated'}; "
+               f"{e['source']}: {e['provenance']})" for e in entries]
+        md.append("")
+    csv = tables.paper_csv_columns(stats, reference, set(obs["model"]))
+    csv.insert(1, "plan_label", label)
+    return md, tex, csv, obs
+
+
+def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
+                 reference: list[dict], reference_path: str, out_dir: Path) -> tuple[list, list]:
+    import pandas as pd
+
+    md = [f"# {study}", "", "Rebuilt from the run records by `python -m childtune.aggregate`; "
+          "do not edit.", "", METHOD, ""]
+    tex, frames, observations = [], [], []
+    for plan in chosen:
+        part_md, part_tex, csv, obs = _section(plan, labels[plan.name], recs, reference,
+                                               reference_path)
+        md += part_md
+        tex += part_tex
+        frames.append(csv)
+        observations.append((plan, obs))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{study}.{ext}" for ext in ("md", "csv", "tex")]
+    paths[0].write_text("\n".join(md))
+    pd.concat(frames).to_csv(paths[1], index=False)
+    paths[2].write_text("% Rebuilt by python -m childtune.aggregate; needs \\usepackage{booktabs}\n"
+                        + "\n\n".join(tex) + "\n")
+    return paths, observations
+
+
+def _options(argv: list[str]) -> dict:
+    options = {"results_dir": "results", "reference": str(DEFAULT_REFERENCE), "figures": "true"}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in options:
+            raise UserError(f"unknown argument {arg!r}; use " +
+                            " ".join(f"{k}=..." for k in options))
+        options[key] = value
+    return options
+
+
+def run(argv: list[str]) -> None:
+    start = time.perf_counter()
+    options = _options(argv)
+    results_dir = Path(options["results_dir"])
+    reference = load_reference(options["reference"])
+    recs = {r["path"]: r for r in records.read_records(results_dir)}
+    plans = all_plans(results_dir, recs)
+    chosen = choose_plans(plans, set(recs))
+    slugs = _slugs(chosen)
+    labels = {name: f"protocol {slug}" for name, slug in slugs.items()}
+    planned = {r["path"] for p in chosen for r in p.runs}
+    observations = []
+    for study in dict.fromkeys(p.study for p in chosen):
+        paths, obs = write_tables(study, [p for p in chosen if p.study == study], labels, recs,
+                                  reference, _shown(options["reference"]),
+                                  results_dir / "tables")
+        observations += obs
+        print(f"{study}: wrote {', '.join(str(p) for p in paths)}")
+    if options["figures"] == "true":
+        from . import figures
+
+        for path in figures.build(observations, recs, results_dir / "figures", slugs):
+            print(f"figure: wrote {path}")
+    unplanned = len(set(recs) - planned)
+    if unplanned:
+        print(f"{unplanned} records belong to no plan with records (single runs); not tabulated")
+    print(f"{len(recs)} records, {len(chosen)} plans, {time.perf_counter() - start:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

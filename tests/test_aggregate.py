@@ -1,0 +1,205 @@
+"""Tables from synthetic records written through the entrypoint's writer: statistics against
+hand computation, missing cells, paper columns, and a torch-free aggregator."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from childtune import aggregate, plan, records
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+# Headline values (fractions) per (task, variant) for seeds 1, 2, 3.
+VALUES = {("rte", "vanilla"): [0.60, 0.62, 0.64], ("rte", "child_tuning_d"): [0.63, 0.66, 0.66],
+          ("mrpc", "vanilla"): [0.80, 0.82, 0.78], ("mrpc", "child_tuning_d"): [0.81, 0.85, 0.80]}
+LAUNCH = ["experiment=main", "protocol=cpu", "model=tiny", "task=rte,mrpc",
+          "variant=vanilla,child_tuning_d", "seed=1,2,3"]
+
+
+@pytest.fixture(scope="module")
+def small_plan():
+    return plan.make_plan(LAUNCH)
+
+
+def _write(results_dir: Path, small_plan, skip=()):
+    for run in small_plan.runs:
+        ident = run["identity"]
+        key = (ident["task"], ident["variant"])
+        if (*key, ident["seed"]) in skip:
+            continue
+        value = VALUES[key][ident["seed"] - 1]
+        records.write_record(results_dir, {
+            "status": "success", "identity": ident,
+            "config": {"study": "main", "protocol": {"name": "cpu"}},
+            "headline": {"metric": "accuracy", "split": "dev", "value": value},
+            "metrics": {"dev": {"accuracy": value}}})
+    plan.write_manifest(results_dir, small_plan)
+
+
+def _aggregate(results_dir: Path, reference: Path | None = None):
+    args = [f"results_dir={results_dir}", "figures=false"]
+    if reference is not None:
+        args.append(f"reference={reference}")
+    aggregate.run(args)
+    stats = pd.read_csv(results_dir / "tables" / "main.csv")
+    markdown = (results_dir / "tables" / "main.md").read_text()
+    return stats.set_index(["row", "column"]), markdown
+
+
+def _p_two_sided_df2(t: float) -> float:
+    """Student's t with 2 degrees of freedom has a closed-form tail: P(|T| > t)."""
+    return 1 - t / math.sqrt(t * t + 2)
+
+
+def test_statistics_match_hand_computation(tmp_path, small_plan):
+    _write(tmp_path, small_plan)
+    stats, markdown = _aggregate(tmp_path)
+
+    vanilla = stats.loc[("vanilla", "rte")]
+    assert (vanilla["n"], vanilla["n_planned"], bool(vanilla["complete"])) == (3, 3, True)
+    assert vanilla["mean"] == pytest.approx(62.0)
+    assert vanilla["std"] == pytest.approx(2.0)              # sample std, ddof=1
+
+    d = stats.loc[("child_tuning_d", "rte")]                  # 63, 66, 66 vs 60, 62, 64
+    assert d["mean"] == pytest.approx(65.0)
+    assert d["std"] == pytest.approx(math.sqrt(3.0))
+    assert d["delta"] == pytest.approx(3.0)                   # differences 3, 4, 2
+    assert d["p_ttest_rel"] == pytest.approx(_p_two_sided_df2(3 * math.sqrt(3)), rel=1e-6)
+    assert d["p_wilcoxon"] == pytest.approx(0.25)             # exact: 2 * (1/2)**3
+
+    d = stats.loc[("child_tuning_d", "mrpc")]                 # 81, 85, 80 vs 80, 82, 78
+    assert d["delta"] == pytest.approx(2.0)
+    assert d["p_ttest_rel"] == pytest.approx(_p_two_sided_df2(2 * math.sqrt(3)), rel=1e-6)
+
+    # avg: per-seed means over the tasks. vanilla 70, 72, 71; CT_D 72, 75.5, 73.
+    assert stats.loc[("vanilla", "avg"), "mean"] == pytest.approx(71.0)
+    assert stats.loc[("vanilla", "avg"), "std"] == pytest.approx(1.0)
+    avg = stats.loc[("child_tuning_d", "avg")]
+    assert avg["mean"] == pytest.approx(73.5)
+    assert avg["std"] == pytest.approx(math.sqrt(3.25))
+    assert avg["delta"] == pytest.approx(2.5)                 # differences 2, 3.5, 2
+    assert avg["p_ttest_rel"] == pytest.approx(_p_two_sided_df2(5.0), rel=1e-6)
+
+    assert "| vanilla | 62.00 ± 2.00 (3) | 80.00 ± 2.00 (3) | 71.00 ± 1.00 (3) |" in markdown
+    assert "+3.00 (p=0.0351)" in markdown
+    assert "†" not in markdown.split("## ")[1]
+
+
+def test_missing_runs_are_flagged_never_averaged_silently(tmp_path, small_plan):
+    _write(tmp_path, small_plan, skip={("rte", "child_tuning_d", 3)})
+    stats, markdown = _aggregate(tmp_path)
+    cell = stats.loc[("child_tuning_d", "rte")]
+    assert (cell["n"], cell["n_planned"], bool(cell["complete"])) == (2, 3, False)
+    assert cell["mean"] == pytest.approx(64.5)
+    assert cell["n_pairs"] == 2
+    avg = stats.loc[("child_tuning_d", "avg")]
+    assert (avg["n"], bool(avg["complete"])) == (2, False)   # only seeds with every task
+    assert bool(stats.loc[("vanilla", "rte"), "complete"])
+    assert "64.50 ± 2.12 (2/3)†" in markdown
+    assert "records: 11 of 12 planned runs (1 missing)" in markdown
+
+
+def test_a_cell_without_any_run_is_marked(tmp_path, small_plan):
+    skip = {("mrpc", "child_tuning_d", s) for s in (1, 2, 3)}
+    _write(tmp_path, small_plan, skip=skip)
+    stats, markdown = _aggregate(tmp_path)
+    assert stats.loc[("child_tuning_d", "mrpc"), "n"] == 0
+    assert "— (0/3)†" in markdown
+
+
+def test_paper_numbers_stay_in_their_own_columns(tmp_path, small_plan):
+    _write(tmp_path, small_plan)
+    reference = tmp_path / "paper.yaml"
+    reference.write_text(yaml.safe_dump({"numbers": [
+        {"study": "main", "model": "bert-large-cased", "row": "vanilla", "column": "avg",
+         "quantity": "mean", "value": 99.99, "source": "secondary", "provenance": "test"},
+        {"study": "main", "model": None, "row": "child_tuning_d", "column": "rte",
+         "quantity": "delta", "versus": "vanilla", "value": 7.77, "source": "paper",
+         "provenance": "test"}]}))
+    stats, markdown = _aggregate(tmp_path, reference)
+
+    measured = ["mean", "std", "delta"]
+    assert not (stats[measured] == 99.99).any().any()
+    assert not (stats[measured] == 7.77).any().any()
+    assert stats.loc[("vanilla", "avg"), "mean"] == pytest.approx(71.0)
+    assert stats.loc[("vanilla", "avg"), "paper_mean"] == 99.99
+    assert stats.loc[("vanilla", "avg"), "paper_mean_model"] == "bert-large-cased"
+    assert stats.loc[("child_tuning_d", "rte"), "paper_delta"] == 7.77
+    # Unknown paper cells stay empty.
+    assert stats["paper_mean"].notna().sum() == 1
+    assert stats["paper_delta"].notna().sum() == 1
+
+    lines = markdown.splitlines()
+    header = next(line for line in lines if line.startswith("| variant | rte"))
+    assert header.endswith("| avg | paper avg |")
+    vanilla = next(line for line in lines if line.startswith("| vanilla |"))
+    assert vanilla.endswith("| 71.00 ± 1.00 (3) | 99.99 (bert-large-cased) |")
+    ct_d = next(line for line in lines if line.startswith("| child_tuning_d | 65"))
+    assert ct_d.endswith(" |  |")                              # no paper number for this row
+    delta = next(line for line in lines if line.startswith("| child_tuning_d | +3.00"))
+    assert delta.endswith("| +7.77 (model not stated) |")
+
+
+def test_the_reference_file_gives_every_number_a_provenance():
+    numbers = aggregate.load_reference(aggregate.DEFAULT_REFERENCE)
+    assert numbers
+    for entry in numbers:
+        assert entry["study"] in plan.studies()
+        assert entry["source"] in ("paper", "secondary")
+        assert entry["provenance"].strip()
+        assert isinstance(entry["value"], (int, float))
+        assert entry["quantity"] in ("mean", "delta")
+        assert entry["quantity"] == "mean" or entry["versus"]
+
+
+def test_only_plans_with_records_and_no_duplicates(small_plan):
+    subset = plan.Plan(small_plan.study, small_plan.protocol, ["x"], small_plan.runs[:3])
+    found = {small_plan.runs[0]["path"]}
+    assert aggregate.choose_plans([small_plan, subset, small_plan], found) == [small_plan]
+    assert aggregate.choose_plans([small_plan], set()) == []
+
+
+def test_the_aggregator_never_imports_torch(tmp_path, small_plan):
+    _write(tmp_path, small_plan)
+    code = ("import sys; from childtune import aggregate; "
+            f"aggregate.main(['results_dir={tmp_path}']); "
+            "bad = [m for m in ('torch', 'transformers', 'childtune.train', 'childtune.loop') "
+            "if m in sys.modules]; assert not bad, bad")
+    env = {**os.environ, "PYTHONPATH": SRC}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "main: wrote" in result.stdout
+
+
+def test_bad_argument_is_one_error_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        aggregate.main([f"results={tmp_path}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: unknown argument")
+
+
+@pytest.mark.integration
+def test_a_tiny_multirun_gives_a_complete_table(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC}
+    train = [sys.executable, "-m", "childtune.train", "-m", "experiment=main", "protocol=cpu",
+             "model=tiny", "task=rte", "variant=vanilla,child_tuning_d", "seed=1,2",
+             "data.n_train=32", "trainer.epochs=1", f"results_dir={tmp_path}",
+             f"runtime.cache_dir={tmp_path / 'cache'}", "runtime.progress=false",
+             f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    result = subprocess.run(train, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((tmp_path / "plans").glob("main-cpu-*.json"))) == 1   # ManifestCallback
+    result = subprocess.run([sys.executable, "-m", "childtune.aggregate",
+                             f"results_dir={tmp_path}"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    markdown = (tmp_path / "tables" / "main.md").read_text()
+    assert "records: 4 of 4 planned runs (0 missing)" in markdown
+    assert "†" not in markdown.split("## ")[1]
+    assert "| child_tuning_d |" in markdown

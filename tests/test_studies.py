@@ -1,0 +1,123 @@
+"""Every study config composes under both protocols; plans expand the sweeps as Hydra does;
+runs shared between studies have one identity; existing runs keep theirs."""
+from __future__ import annotations
+
+import pytest
+
+from childtune import plan, records
+
+# Planned runs per (study, protocol): tasks x variants x [sizes | p values] x seeds.
+EXPECTED = {
+    ("main", "cpu"): 4 * 3 * 5, ("main", "paper"): 4 * 3 * 10,
+    ("ablation", "cpu"): 4 * 5 * 5, ("ablation", "paper"): 4 * 5 * 10,
+    ("lr_grid", "cpu"): 4 * 3 * 2, ("lr_grid", "paper"): 4 * 3 * 2,
+    ("low_resource", "cpu"): 4 * 3 * 3 * 5, ("low_resource", "paper"): 4 * 3 * 3 * 10,
+    ("p_sweep", "cpu"): 2 * 2 * 10 * 3, ("p_sweep", "paper"): 4 * 2 * 10 * 10,
+    ("domain_transfer", "cpu"): 2 * 3 * 5, ("domain_transfer", "paper"): 1 * 3 * 10,
+    ("task_transfer", "cpu"): 3 * 3 * 5, ("task_transfer", "paper"): 3 * 3 * 10,
+}
+
+
+def test_every_study_has_expectations():
+    assert {s for s, _ in EXPECTED} == set(plan.studies())
+
+
+@pytest.mark.parametrize("study,protocol", sorted(EXPECTED))
+def test_every_study_composes_for_both_protocols(study, protocol):
+    from childtune import train, transfer
+
+    planned = plan.make_plan([f"experiment={study}", f"protocol={protocol}"], identities=False)
+    assert planned.study == study and planned.protocol == protocol
+    assert len(planned.runs) == EXPECTED[(study, protocol)]
+    assert len({tuple(r["job"]) for r in planned.runs}) == len(planned.runs)
+    for run in (planned.runs[0], planned.runs[-1]):
+        config = plan.resolved(run["job"])
+        train.check_config(config)
+        transfer.check(config)
+        assert config["study"] == study
+        assert records.identity(config)["model"] == ("minilm" if protocol == "cpu"
+                                                     else "bert-large-cased")
+
+
+def test_a_command_line_sweep_wins_over_the_protocol_seeds():
+    planned = plan.make_plan(["experiment=ablation", "protocol=cpu", "seed=1,2"],
+                             identities=False)
+    assert len(planned.runs) == 4 * 5 * 2
+    assert {r["overrides"]["seed"] for r in planned.runs} == {1, 2}
+    planned = plan.make_plan(["experiment=low_resource", "protocol=cpu", "data.n_train=64"],
+                             identities=False)
+    assert {r["overrides"]["data.n_train"] for r in planned.runs} == {64}
+
+
+def _identity(*overrides: str) -> dict:
+    return records.identity(plan.resolved(list(overrides)))
+
+
+def test_runs_shared_between_studies_have_one_identity():
+    def path(*overrides):
+        return records.record_path("", _identity("protocol=cpu", "seed=1", *overrides))
+
+    main_d = path("experiment=main", "task=rte", "variant=child_tuning_d")
+    assert path("experiment=ablation", "task=rte", "variant=child_tuning_d") == main_d
+    assert path("experiment=low_resource", "task=rte", "variant=child_tuning_d",
+                "data.n_train=1000") == main_d
+    # p_sweep at a task's own p (MRPC: p_D=0.1) is main's run; another p is not.
+    main_mrpc = path("experiment=main", "task=mrpc", "variant=child_tuning_d")
+    assert path("experiment=p_sweep", "task=mrpc", "variant=child_tuning_d",
+                "variant.p=0.1") == main_mrpc
+    assert path("experiment=p_sweep", "task=mrpc", "variant=child_tuning_d",
+                "variant.p=0.2") != main_mrpc
+
+
+def test_a_task_transfer_run_starts_from_a_main_run():
+    planned = plan.make_plan(["experiment=task_transfer", "protocol=cpu", "task=rte",
+                              "variant=vanilla", "seed=1"])
+    (run,) = planned.runs
+    (source,) = planned.sources
+    main = records.record_path("", _identity("experiment=main", "protocol=cpu", "task=mrpc",
+                                             "variant=vanilla", "seed=1"))
+    assert run["source"] == source["path"] == str(main)
+    assert run["transfer"] == {"source_task": "mrpc"}
+    assert source["encoder"].endswith(str(main.with_suffix(".pt")))
+    assert run["path"] != str(records.record_path("", _identity(
+        "experiment=main", "protocol=cpu", "task=rte", "variant=vanilla", "seed=1")))
+
+
+# Hashes of records the CPU sweep wrote before the transfer options and plans existed.
+EXISTING = [("2e-05", "05966e7a4c"), ("5e-05", "5b9a48a281"), ("0.0001", "de3ebc340b")]
+
+
+@pytest.mark.parametrize("lr,config_hash", EXISTING)
+def test_existing_runs_keep_their_identity(lr, config_hash):
+    ident = _identity("seed=100", "task=cola", "variant=vanilla", f"trainer.lr={lr}",
+                      "experiment=lr_grid", "protocol=cpu")
+    assert ident["config_hash"] == config_hash
+
+
+def test_a_new_section_whose_options_are_off_keeps_the_hash():
+    config = {"model": {"name": "m"}, "seed": 1, "trainer": {"lr": 1e-4}}
+    off = {**config, "transfer": {"source_task": None, "eval_tasks": None}}
+    on = {**config, "transfer": {"source_task": "mrpc", "eval_tasks": None}}
+    assert records.config_hash(off) == records.config_hash(config) != records.config_hash(on)
+
+
+def test_a_saved_plan_is_reused_while_the_configs_are_unchanged(tmp_path, monkeypatch):
+    launch = ["experiment=main", "protocol=cpu", "model=tiny", "task=rte", "variant=vanilla",
+              "seed=1,2"]
+    first = plan.cached_plan(tmp_path, launch)
+    assert [p.name for p in plan.read_manifests(tmp_path)] == [first.name]
+
+    def no_composing(*_):
+        raise AssertionError("composed again")
+
+    monkeypatch.setattr(plan, "make_plan", no_composing)
+    again = plan.cached_plan(tmp_path, [*launch, f"results_dir={tmp_path}"])
+    assert again.to_json() == first.to_json()
+    monkeypatch.setattr(plan, "conf_sha", lambda: "changed")
+    with pytest.raises(AssertionError, match="composed again"):
+        plan.cached_plan(tmp_path, launch)
+
+
+def test_a_bad_study_is_one_clear_error():
+    with pytest.raises(plan.UserError, match="cannot compose experiment=nope"):
+        plan.make_plan(["experiment=nope", "protocol=cpu"])
