@@ -92,6 +92,7 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     """Temp file in the same folder + fsync + rename: readers see all of it or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; a record is an ordinary shared file
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(_clean(payload), f, indent=1, sort_keys=True, allow_nan=False)
