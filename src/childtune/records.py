@@ -39,9 +39,12 @@ def _drop(config: dict, dotted: str) -> None:
 
 
 def _without_neutral(value):
+    """Drops null, false and "none" values, and the groups left empty by that (so a new config
+    group whose default is `name: none` keeps every existing run's identity)."""
     if isinstance(value, dict):
-        return {k: _without_neutral(v) for k, v in value.items()
+        kept = {k: _without_neutral(v) for k, v in value.items()
                 if v is not None and v is not False and v != "none"}
+        return {k: v for k, v in kept.items() if v != {}}
     return value
 
 
