@@ -278,7 +278,7 @@ def test_top_k_freezes_exactly_the_lower_layers_and_embeddings():
 
 
 def test_top_k_rejects_more_layers_than_the_model_has():
-    with pytest.raises(UserError, match="k=3 must be between 1 and the model's 2"):
+    with pytest.raises(UserError, match="variant.k=3 must be between 1 and the model.s 2"):
         variants.build({"mask": "top_layers", "k": 3}, tiny_model(), fisher_loader=None,
                        max_grad_norm=1.0, seed=1, cache_dir=None, cache_parts={})
     with pytest.raises(UserError, match="variant.k"):
@@ -326,13 +326,18 @@ def run_entrypoint(rte_dir, tmp_path, *overrides):
         cfg = compose("config", overrides=[
             "model=tiny", "task=rte", f"data.dir={rte_dir}", f"results_dir={tmp_path}",
             "runtime.cache_dir=null", "runtime.progress=false", "trainer.epochs=1",
-            "trainer.batch_size=8", *overrides])
+            "trainer.batch_size=8", "data.max_seq_length=16", *overrides])
     return json.loads(entry.run(cfg).read_text())
 
 
+@pytest.fixture(scope="module")
+def plain_ctd(rte_dir, tmp_path_factory):
+    return run_entrypoint(rte_dir, tmp_path_factory.mktemp("results"), "variant=child_tuning_d")
+
+
 @pytest.mark.parametrize("name", ["pretrained_decay", "mixout", "recadam", "r3f"])
-def test_every_regularizer_composes_with_child_tuning_d(rte_dir, tmp_path, name):
-    plain = run_entrypoint(rte_dir, tmp_path, "variant=child_tuning_d")
+def test_every_regularizer_composes_with_child_tuning_d(rte_dir, tmp_path, plain_ctd, name):
+    plain = plain_ctd
     record = run_entrypoint(rte_dir, tmp_path, "variant=child_tuning_d", f"regularizer={name}")
     assert record["regularizer"]["name"] == name == record["config"]["regularizer"]["name"]
     assert record["identity"]["config_hash"] != plain["identity"]["config_hash"]

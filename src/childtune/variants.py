@@ -137,7 +137,7 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
         try:
             masks = M.top_layers_mask(model, variant["k"])
         except ValueError as exc:
-            raise UserError(f"variant.k: {exc}") from None
+            raise UserError(f"variant.{exc}; pass a smaller variant.k") from None
         masker = M.ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
         return ChildNetwork(masker=masker, masks=masks, info={
             "kind": kind, "k": variant["k"], "statistics": M.mask_statistics(masks, model)})
