@@ -94,6 +94,26 @@ def random_mask(shapes: dict[str, torch.Size], p: float, seed: int) -> dict[str,
     return _unflatten(flat, {k: torch.empty(s, dtype=torch.bool) for k, s in shapes.items()})
 
 
+def top_layers_mask(model: torch.nn.Module, k: int) -> dict[str, torch.Tensor]:
+    """Top-K tuning's fixed child network: the top k encoder layers, the pooler and the head
+    (everything outside the backbone) are kept whole; the embeddings and the lower layers are
+    frozen. Covers every trainable parameter."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    layers = {layer_index(n) for n in encoder_layer_names(model)} - {None}
+    if not 0 < k <= len(layers):
+        raise ValueError(f"k={k} must be between 1 and the model's {len(layers)} encoder layers")
+    backbone = f"{getattr(model, 'base_model_prefix', '')}."
+
+    def kept(name: str) -> bool:
+        index = layer_index(name)
+        if index is not None:
+            return index >= len(layers) - k
+        return not name.startswith(backbone) or "pooler" in name
+
+    params = dict(model.named_parameters())
+    return {n: torch.full_like(params[n], kept(n), dtype=torch.bool) for n in names}
+
+
 @torch.no_grad()
 def prune_(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """Zero every masked-out entry of the parameters the masks cover (the 'prune' ablation)."""

@@ -68,6 +68,7 @@ def identity(config: dict) -> dict:
         "seed": config["seed"],
         "n_train": config["data"].get("n_train"),
         "lr": config["trainer"]["lr"],
+        "regularizer": (config.get("regularizer") or {}).get("name") or "none",
         "config_hash": config_hash(config),
     }
 

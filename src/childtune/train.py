@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, loggers, loop, models, optim, records, transfer, variants
+from . import data, loggers, loop, models, optim, records, regularizers, transfer, variants
 from .errors import UserError
 from .masks import prune_
 from .tasks import get_task
@@ -43,6 +43,7 @@ def rerun_command() -> str:
 def check_config(config: dict) -> None:
     get_task(config["task"]["name"])
     variants.check_variant(config["variant"])
+    regularizers.check(config)
     if config["data"]["max_seq_length"] is None or config["data"]["max_seq_length"] <= 0:
         raise UserError(f"data.max_seq_length must be a positive integer, got "
                         f"{config['data']['max_seq_length']!r}")
@@ -83,6 +84,8 @@ def run(cfg: DictConfig) -> Path:
             k: v for k, v in config["data"].items() if k != "dir"},
             "batch_size": cfg.trainer.batch_size} | transfer.mask_cache_parts(source),
         progress=cfg.runtime.progress)
+    # after the Fisher pass, which thus sees the plain model and the plain task loss
+    regularizer = regularizers.build(config.get("regularizer"), model, seed=cfg.seed)
 
     train_loader = data.make_loader(encoded["train"], cfg.trainer.batch_size, cfg.seed)
     eval_loaders = {name: data.make_loader(encoded[name], cfg.trainer.eval_batch_size, None)
@@ -93,14 +96,16 @@ def run(cfg: DictConfig) -> Path:
         warmup = 0  # the official CT trainers drop warmup_ratio (see README)
     optimizer = optim.build_optimizer(model, cfg.trainer)
     scheduler = optim.linear_schedule(optimizer, total_steps, warmup)
+    regularizer.attach(optimizer)  # before the masker: its step hooks run first
     if child.masker is not None:
         child.masker.attach(optimizer)
 
     logger = loggers.build_logger(cfg.logger, config, ident)
     failed = True
     try:
-        record = _train_and_evaluate(cfg, config, ident, task, model, child, train_loader,
-                                     eval_loaders, optimizer, scheduler, warmup, logger)
+        record = _train_and_evaluate(cfg, config, ident, task, model, child, regularizer,
+                                     train_loader, eval_loaders, optimizer, scheduler, warmup,
+                                     logger)
         record.update(transfer.finish(cfg, ident, task, model, tokenizer, data_dir, source))
         record["data"] = {"source": str(data_dir) if data_dir else "hub",
                           "sizes": {name: len(split) for name, split in splits.items()}}
@@ -111,18 +116,19 @@ def run(cfg: DictConfig) -> Path:
     finally:
         logger.close(failed)
     value = record["headline"]["value"]
-    print(f"{ident['model']} {ident['task']} {ident['variant']} seed={ident['seed']}: "
+    shown = ident["variant"] + ("" if regularizer.name == "none" else f"+{regularizer.name}")
+    print(f"{ident['model']} {ident['task']} {shown} seed={ident['seed']}: "
           f"{task.headline}={'n/a' if value is None else f'{value:.4f}'} "
           f"train {record['timings']['train_seconds']:.1f}s "
           f"eval {record['timings']['eval_seconds']:.1f}s -> {path}")
     return path
 
 
-def _train_and_evaluate(cfg, config, ident, task, model, child, train_loader, eval_loaders,
-                        optimizer, scheduler, warmup, logger) -> dict:
+def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, train_loader,
+                        eval_loaders, optimizer, scheduler, warmup, logger) -> dict:
     trained = loop.train(model, train_loader, optimizer, scheduler, cfg.trainer.epochs,
                          cfg.trainer.max_grad_norm, progress=cfg.runtime.progress,
-                         on_step=logger.log_step)
+                         on_step=logger.log_step, loss_fn=regularizer.loss)
     metrics, eval_seconds = loop.evaluate(model, eval_loaders, task.is_regression, task.metrics)
     result = {"metrics": metrics}
     if cfg.variant.prune:
@@ -144,6 +150,7 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, train_loader, ev
         "headline": {"metric": task.headline, "split": headline_split,
                      "value": result["metrics"][headline_split][task.headline]},
         "mask": mask_info,
+        "regularizer": regularizer.info(),
         "train": {k: trained[k] for k in ("steps", "examples", "last_loss",
                                           "batch_order_sha256")} | {"warmup_steps": warmup},
         "timings": {"train_seconds": trained["seconds"], "eval_seconds": eval_seconds,

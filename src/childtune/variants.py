@@ -5,6 +5,7 @@
     child_tuning_d  fixed top-p Fisher mask, no rescale               (scope: encoder layers)
     random_mask     fixed random mask of the same size and scope as D
     lowest_fisher   fixed bottom-p Fisher mask
+    top_k           fixed: only the top k encoder layers, the pooler and the head are trained
     prune           trained as D, then non-child weights zeroed before a second evaluation
 
 Fixed masks are cached under a key of everything they depend on and reused."""
@@ -24,7 +25,7 @@ from . import masks as M
 from .errors import UserError
 from .fisher import fisher_information
 
-MASK_KINDS = ("none", "bernoulli", "fisher_top", "fisher_bottom", "random")
+MASK_KINDS = ("none", "bernoulli", "fisher_top", "fisher_bottom", "random", "top_layers")
 FISHER_RECIPES = ("official",)
 
 
@@ -34,6 +35,11 @@ def check_variant(variant: dict) -> None:
     if kind not in MASK_KINDS:
         raise UserError(f"variant.mask must be one of {', '.join(MASK_KINDS)}, got {kind!r}")
     if kind == "none":
+        return
+    if kind == "top_layers":
+        k = variant.get("k")
+        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+            raise UserError(f"variant.k must be a positive number of layers, got {k!r}")
         return
     p = variant.get("p")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) \
@@ -139,6 +145,14 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
                  if n in set(M.scope_names(model, variant["scope"]))]
         return ChildNetwork(masker=M.ChildTuningF(named, variant["p"], seed=seed),
                             info={"kind": kind, "p": variant["p"], "scope": variant["scope"]})
+    if kind == "top_layers":
+        try:
+            masks = M.top_layers_mask(model, variant["k"])
+        except ValueError as exc:
+            raise UserError(f"variant.{exc}; pass a smaller variant.k") from None
+        masker = M.ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
+        return ChildNetwork(masker=masker, masks=masks, info={
+            "kind": kind, "k": variant["k"], "statistics": M.mask_statistics(masks, model)})
 
     key_parts = {**cache_parts, "seed": seed, "max_grad_norm": max_grad_norm,
                  **{k: variant.get(k) for k in ("mask", "p", "scope", "fisher_seed",
