@@ -34,8 +34,8 @@ SHORT = {"variant.p": "p", "trainer.lr": "lr"}
 
 def _layout_keys(plan: Plan) -> tuple[list[str], list[str]]:
     """(row keys besides the variant, panel keys) among the plan's swept keys."""
-    swept = [k for k in plan.swept if k not in ("seed", "variant", *TASK_KEYS)]
-    rows = [k for k in swept if k.startswith(("variant.", "trainer."))]
+    swept = [k for k in plan.swept if k not in ("seed", "variant", "method", *TASK_KEYS)]
+    rows = [k for k in swept if k.startswith(("variant.", "trainer.", "regularizer"))]
     return rows, [k for k in swept if k not in rows]
 
 
@@ -76,7 +76,8 @@ def observations(plan: Plan, records: dict[str, dict]) -> pd.DataFrame:
         extras = ", ".join(f"{SHORT.get(k, k)}={_fmt(over[k])}" for k in row_keys if k in over)
         panel = ", ".join(f"{k}={_fmt(over[k])}" for k in panel_keys if k in over)
         record = records.get(run["path"])
-        variants = [ident["variant"]] + ([BEFORE_PRUNE] if ident["variant"] == "prune" else [])
+        label = over.get("method", ident["variant"])  # prior_methods: a row per method
+        variants = [label] + ([BEFORE_PRUNE] if ident["variant"] == "prune" else [])
         for variant in variants:
             for column, in_avg, eval_task in _columns(run):
                 value = None if record is None else _value(record, eval_task,
