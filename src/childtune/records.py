@@ -128,8 +128,8 @@ def read_record(path: Path) -> dict:
             raise ValueError("no 'status' field")
     except (OSError, ValueError) as exc:
         raise UserError(f"{path} is not a readable run record ({type(exc).__name__}: "
-                        f"{str(exc)[:80]}); it was not written by childtune (records are "
-                        f"written atomically), e.g. an interrupted copy: delete it or rerun "
+                        f"{str(exc)[:80]}); childtune writes records atomically, so it was cut "
+                        f"short elsewhere (an interrupted copy or sync?): delete it or rerun "
                         f"with force=true") from None
     return record
 
