@@ -138,13 +138,14 @@ def record_failure(config: dict, exc: BaseException, command: str) -> str:
             f"{record['reason']} ({record['error'].splitlines()[0][:200]})")
     if not distributed.is_main():
         return f"{head} (rank 0 writes the failure record)"
-    success = records.record_path(config["results_dir"], ident)
-    if success.exists():
-        return f"{head}; kept the earlier success record {success}"
     try:
-        return f"{head} -> {records.write_failure(config['results_dir'], record)}"
+        path = records.write_failure(config["results_dir"], record)
     except OSError as write_error:
         return f"{head}; could not write the failure record ({write_error})"
+    if path is None:
+        kept = records.record_path(config["results_dir"], ident)
+        return f"{head}; kept the earlier success record {kept}"
+    return f"{head} -> {path}"
 
 
 # ---------------------------------------------------------------- the entrypoint's outcome

@@ -112,9 +112,11 @@ def write_record(results_dir: str | Path, record: dict) -> Path:
     return path
 
 
-def write_failure(results_dir: str | Path, record: dict) -> Path:
-    """The failure record (`status: failed`). Written only while no success record exists:
-    a forced rerun that fails keeps the earlier result."""
+def write_failure(results_dir: str | Path, record: dict) -> Path | None:
+    """The failure record (`status: failed`), or None when the run has a success record: a
+    forced rerun that fails keeps the earlier result."""
+    if record_path(results_dir, record["identity"]).exists():
+        return None
     path = failure_path(results_dir, record["identity"])
     write_json_atomic(path, {"schema": SCHEMA, **record, "status": "failed"})
     return path
