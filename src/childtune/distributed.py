@@ -37,7 +37,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-FIXED_MASKS = ("fisher_top", "fisher_bottom", "random")
+PER_STEP_OR_NONE = ("none", "bernoulli")  # every other mask kind is fixed: built once, broadcast
 TIMEOUT = timedelta(minutes=60)  # the other ranks wait this long for rank 0's Fisher pass
 
 
@@ -92,9 +92,10 @@ def broadcast_masks(masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Te
 
 
 def build_child(build, variant: dict, model):
-    """`build()` makes the child network (variants.build). Under DDP a fixed mask is built on
-    rank 0 only and broadcast; CT_F and vanilla are built on every rank (nothing to share)."""
-    if _context is None or variant["mask"] not in FIXED_MASKS:
+    """`build()` makes the child network (variants.build). Under DDP a fixed mask (any kind
+    but none and bernoulli) is built on rank 0 only and broadcast; CT_F and vanilla are built
+    on every rank (nothing to share)."""
+    if _context is None or variant["mask"] in PER_STEP_OR_NONE:
         return build()
     from .variants import fixed_child
 

@@ -27,7 +27,7 @@ from . import distributed, records
 from .errors import UserError
 from .loop import TrainingDiverged
 
-FIXED_MASKS = ("fisher_top", "fisher_bottom", "random")
+CACHED_MASKS = ("fisher_top", "fisher_bottom", "random")  # variants.build caches these
 
 
 class JobFailed(CompactHydraException):
@@ -92,7 +92,7 @@ def preflight(config: dict) -> None:
     results_dir = Path(config["results_dir"])
     check_writable(results_dir / "runs", "run records", "results_dir")
     cache_dir = config["runtime"].get("cache_dir")
-    if cache_dir and config["variant"]["mask"] in FIXED_MASKS:
+    if cache_dir and config["variant"]["mask"] in CACHED_MASKS:
         check_writable(Path(cache_dir) / "masks", "the mask cache", "runtime.cache_dir")
     if not config.get("force"):
         check_existing_record(records.record_path(results_dir, records.identity(config)))
