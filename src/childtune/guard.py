@@ -7,9 +7,10 @@
     interrupted: Ctrl-C, SIGKILL, timeout      nothing; rerunning the command redoes the run
 
 Inside a multirun a job must not end the process: Hydra's launchers (basic, joblib, submitit)
-catch a job's exception, run the remaining jobs, and then raise the first one; a
-`CompactHydraException` is printed as its one line, exit 1. `sys.exit` would end the sweep at
-the first bad job instead, so in a multirun every outcome above raises `JobFailed`."""
+catch a job's exception, run the remaining jobs, and then raise the first one (a
+`CompactHydraException` is shown as its message, no traceback; exit 1). `sys.exit` would end
+the sweep at the first bad job instead (observed with the basic and joblib launchers), so in a
+multirun every outcome above raises `JobFailed`."""
 from __future__ import annotations
 
 import math
