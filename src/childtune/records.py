@@ -5,6 +5,11 @@ from the run's identity, so a sweep can tell which runs are done:
 
     runs/<model>/<task>/<variant>/<config hash>/seed<seed>.json
 
+A run that failed after its config was validated (NaN loss, exception, out of memory) leaves
+a failure record next to it instead, `seed<seed>.failed.json` with `"status": "failed"` and the
+reason; a later success deletes it. Success records always have `"status": "success"`, so
+readers tell the two apart by `status` (and never skip a run for its failure record).
+
 The study is not part of the path: a run two studies share (main's and the ablation's CT_D
 runs) is trained once; each study's table selects the records its plan names.
 
@@ -21,8 +26,10 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
+
+from .atomic import atomic_file
+from .errors import UserError
 
 SCHEMA = 1
 # Top-level / dotted keys that never change a run's numbers.
@@ -78,6 +85,11 @@ def record_path(results_dir: str | Path, ident: dict) -> Path:
             / ident["variant"] / ident["config_hash"] / f"seed{ident['seed']}.json")
 
 
+def failure_path(results_dir: str | Path, ident: dict) -> Path:
+    """Where the failure record of a run goes: beside its (absent) success record."""
+    return record_path(results_dir, ident).with_suffix(".failed.json")
+
+
 def _clean(value):
     """JSON without NaN/inf (they become null: a metric that could not be computed)."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -90,35 +102,51 @@ def _clean(value):
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Temp file in the same folder + fsync + rename: readers see all of it or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o644)  # mkstemp makes 0600; a record is an ordinary shared file
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(payload), f, indent=1, sort_keys=True, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Readers see all of it or nothing (atomic.py), even with two writers at once."""
+    with atomic_file(path, "w") as f:
+        json.dump(_clean(payload), f, indent=1, sort_keys=True, allow_nan=False)
+        f.write("\n")
 
 
 def write_record(results_dir: str | Path, record: dict) -> Path:
+    """The success record; it replaces the run's failure record, if one exists."""
     path = record_path(results_dir, record["identity"])
     write_json_atomic(path, {"schema": SCHEMA, **record})
+    failure_path(results_dir, record["identity"]).unlink(missing_ok=True)
     return path
 
 
+def write_failure(results_dir: str | Path, record: dict) -> Path | None:
+    """The failure record (`status: failed`), or None when the run has a success record: a
+    forced rerun that fails keeps the earlier result."""
+    if record_path(results_dir, record["identity"]).exists():
+        return None
+    path = failure_path(results_dir, record["identity"])
+    write_json_atomic(path, {"schema": SCHEMA, **record, "status": "failed"})
+    return path
+
+
+def read_record(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        if not isinstance(record, dict) or "status" not in record:
+            raise ValueError("no 'status' field")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable run record ({type(exc).__name__}: "
+                        f"{str(exc)[:80]}); childtune writes records atomically, so it was cut "
+                        f"short elsewhere (an interrupted copy or sync?): delete it or rerun "
+                        f"with force=true") from None
+    return record
+
+
 def read_records(results_dir: str | Path) -> list[dict]:
-    """Every record under <results_dir>/runs, each with its `path` (relative to results_dir)."""
+    """Every record under <results_dir>/runs, success and failed alike (tell them apart by
+    `status`), each with its `path` (relative to results_dir)."""
     root = Path(results_dir)
     out = []
     for path in sorted((root / "runs").rglob("*.json")):
-        with open(path) as f:
-            record = json.load(f)
+        record = read_record(path)
         record["path"] = str(path.relative_to(root))
         out.append(record)
     return out

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import data, loggers, loop, models, optim, records, regularizers, transfer, variants
+from . import (data, distributed, guard, loggers, loop, models, optim, records, regularizers,
+               transfer, variants)
 from .errors import UserError
 from .masks import prune_
 from .tasks import get_task
@@ -44,7 +45,8 @@ def check_config(config: dict) -> None:
     get_task(config["task"]["name"])
     variants.check_variant(config["variant"])
     regularizers.check(config)
-    if config["data"]["max_seq_length"] is None or config["data"]["max_seq_length"] <= 0:
+    max_len = config["data"]["max_seq_length"]
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
         raise UserError(f"data.max_seq_length must be a positive integer, got "
                         f"{config['data']['max_seq_length']!r}")
     n_train = config["data"].get("n_train")
@@ -60,7 +62,7 @@ def run(cfg: DictConfig) -> Path:
     ident = records.identity(config)
     out = records.record_path(cfg.results_dir, ident)
     if out.exists() and not cfg.force and not transfer.needs_encoder(cfg, ident):
-        print(f"skip: {out} exists (+force=true reruns it)")
+        print(f"skip: {out} exists (force=true reruns it)")
         return out
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
@@ -75,7 +77,7 @@ def run(cfg: DictConfig) -> Path:
     seed_everything(cfg.seed)
     model = models.load_model(cfg.model, task.num_labels)
     source = transfer.start_from_source(cfg, model)  # task transfer: the source run's encoder
-    child = variants.build(
+    child = distributed.build_child(lambda: variants.build(
         config["variant"], model,
         fisher_loader=lambda s: data.make_loader(encoded["train"], cfg.trainer.batch_size, s),
         max_grad_norm=cfg.trainer.max_grad_norm, seed=cfg.seed,
@@ -83,11 +85,12 @@ def run(cfg: DictConfig) -> Path:
         cache_parts={"model": config["model"], "task": task.name, "data": {
             k: v for k, v in config["data"].items() if k != "dir"},
             "batch_size": cfg.trainer.batch_size} | transfer.mask_cache_parts(source),
-        progress=cfg.runtime.progress)
+        progress=cfg.runtime.progress), config["variant"], model)  # DDP: rank 0's mask
     # after the Fisher pass, which thus sees the plain model and the plain task loss
     regularizer = regularizers.build(config.get("regularizer"), model, seed=cfg.seed)
 
-    train_loader = data.make_loader(encoded["train"], cfg.trainer.batch_size, cfg.seed)
+    train_loader = distributed.shard_batches(
+        data.make_loader(encoded["train"], cfg.trainer.batch_size, cfg.seed))
     eval_loaders = {name: data.make_loader(encoded[name], cfg.trainer.eval_batch_size, None)
                     for name in task.eval_splits}
     total_steps = cfg.trainer.epochs * len(train_loader)
@@ -99,6 +102,7 @@ def run(cfg: DictConfig) -> Path:
     regularizer.attach(optimizer)  # before the masker: its step hooks run first
     if child.masker is not None:
         child.masker.attach(optimizer)
+        distributed.check_masks_reach_optimizer(child.masker, optimizer)
 
     logger = loggers.build_logger(cfg.logger, config, ident)
     failed = True
@@ -106,6 +110,9 @@ def run(cfg: DictConfig) -> Path:
         record = _train_and_evaluate(cfg, config, ident, task, model, child, regularizer,
                                      train_loader, eval_loaders, optimizer, scheduler, warmup,
                                      logger)
+        if record is None:  # a DDP rank other than 0: rank 0 evaluates and writes the record
+            failed = False
+            return None
         record.update(transfer.finish(cfg, ident, task, model, tokenizer, data_dir, source))
         record["data"] = {"source": str(data_dir) if data_dir else "hub",
                           "sizes": {name: len(split) for name, split in splits.items()}}
@@ -125,10 +132,14 @@ def run(cfg: DictConfig) -> Path:
 
 
 def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, train_loader,
-                        eval_loaders, optimizer, scheduler, warmup, logger) -> dict:
-    trained = loop.train(model, train_loader, optimizer, scheduler, cfg.trainer.epochs,
-                         cfg.trainer.max_grad_norm, progress=cfg.runtime.progress,
-                         on_step=logger.log_step, loss_fn=regularizer.loss)
+                        eval_loaders, optimizer, scheduler, warmup, logger) -> dict | None:
+    trained = loop.train(distributed.wrap(model, cfg.seed), train_loader, optimizer, scheduler,
+                         cfg.trainer.epochs, cfg.trainer.max_grad_norm,
+                         progress=cfg.runtime.progress, on_step=logger.log_step,
+                         loss_fn=regularizer.loss)
+    in_sync = distributed.check_in_sync(model, child.masks)  # {} unless under torchrun
+    if not distributed.is_main():
+        return None
     metrics, eval_seconds = loop.evaluate(model, eval_loaders, task.is_regression, task.metrics)
     result = {"metrics": metrics}
     if cfg.variant.prune:
@@ -151,6 +162,7 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
                      "value": result["metrics"][headline_split][task.headline]},
         "mask": mask_info,
         "regularizer": regularizer.info(),
+        **in_sync,
         "train": {k: trained[k] for k in ("steps", "examples", "last_loss",
                                           "batch_order_sha256")} | {"warmup_steps": warmup},
         "timings": {"train_seconds": trained["seconds"], "eval_seconds": eval_seconds,
@@ -164,11 +176,8 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
 
 @hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    try:
-        run(cfg)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    distributed.setup(cfg)  # joins torchrun's process group, if any
+    guard.guarded_run(cfg, run, check_config, rerun_command)  # error/failure records, exit codes
 
 
 if __name__ == "__main__":

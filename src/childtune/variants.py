@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import masks as M
+from .atomic import atomic_file
 from .errors import UserError
 from .fisher import fisher_information
 
@@ -66,23 +67,35 @@ def _cache_key(parts: dict) -> str:
 
 
 def save_masks(path: Path, masks: dict[str, torch.Tensor], meta: dict) -> None:
-    """Bit-packed (1 bit per entry), written to a temp file and renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Bit-packed (1 bit per entry), written atomically (atomic.py): a killed run or two runs
+    writing the same entry at once never leave a partial file."""
     flat = torch.cat([m.flatten() for m in masks.values()]).numpy()
-    tmp = path.with_name(f".{path.name}.{id(masks)}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path, "wb") as f:
         np.savez(f, bits=np.packbits(flat), names=json.dumps(list(masks)),
                  shapes=json.dumps([list(m.shape) for m in masks.values()]),
                  meta=json.dumps(meta))
-    tmp.replace(path)
 
 
-def load_masks(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    with np.load(path) as data:
-        names, shapes = json.loads(str(data["names"])), json.loads(str(data["shapes"]))
-        total = sum(math.prod(s) for s in shapes)
-        flat = torch.from_numpy(np.unpackbits(data["bits"], count=total).astype(bool))
-        meta = json.loads(str(data["meta"]))
+def load_masks(path: Path, model=None) -> tuple[dict[str, torch.Tensor], dict]:
+    """An unreadable entry, or one that does not fit `model`, is a UserError naming the file:
+    entries are written atomically, so it was damaged outside childtune; deleting it is safe."""
+    try:
+        with np.load(path) as data:
+            names, shapes = json.loads(str(data["names"])), json.loads(str(data["shapes"]))
+            total = sum(math.prod(s) for s in shapes)
+            flat = torch.from_numpy(np.unpackbits(data["bits"], count=total).astype(bool))
+            meta = json.loads(str(data["meta"]))
+        if flat.numel() != total:
+            raise ValueError(f"{flat.numel()} mask bits for {total} entries")
+        params = dict(model.named_parameters()) if model is not None else None
+        wrong = [n for n, shape in zip(names, shapes)
+                 if params is not None and (n not in params or list(params[n].shape) != shape)]
+        if wrong:
+            raise ValueError(f"{wrong[0]} is not a parameter of that shape in the model")
+    except Exception as exc:  # zip, npy, json and shape errors all mean the same thing here
+        raise UserError(f"mask cache entry {path} is unreadable or does not fit the model "
+                        f"({type(exc).__name__}: {str(exc)[:80]}); delete it and rerun "
+                        f"(the mask is recomputed)") from None
     out, start = {}, 0
     for name, shape in zip(names, shapes):
         n = math.prod(shape)
@@ -163,7 +176,7 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
     key = _cache_key(key_parts)
     path = cache_dir / "masks" / f"{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
-        masks, meta = load_masks(path)
+        masks, meta = load_masks(path, model)
         info = {"source": "reused", "fisher_seconds": 0.0, "computed_fisher_seconds":
                 meta.get("fisher_seconds"),
                 **{k: meta[k] for k in ("fisher_quantiles", "fisher_log10_histogram")
@@ -173,7 +186,12 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
         if path is not None:
             save_masks(path, masks, {"key_parts": key_parts, **summary})
         info = {"source": "computed", "fisher_seconds": 0.0, **summary}
+    return fixed_child(variant, model, masks, {**info, "cache_key": key})
+
+
+def fixed_child(variant: dict, model, masks: dict[str, torch.Tensor], info: dict) -> ChildNetwork:
+    """The child network of a fixed mask (D, random, lowest-Fisher, prune) given its masks."""
     masker = M.ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
-    info.update({"kind": kind, "p": variant["p"], "scope": variant["scope"], "cache_key": key,
+    info.update({"kind": variant["mask"], "p": variant["p"], "scope": variant["scope"],
                  "statistics": M.mask_statistics(masks, model)})
     return ChildNetwork(masker=masker, masks=masks, info=info)

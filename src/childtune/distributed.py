@@ -1,0 +1,183 @@
+"""Data-parallel training (torchrun / DDP) in which every rank holds the same child network.
+
+    torchrun --nproc_per_node=2 -m childtune.train variant=child_tuning_d data.n_train=1000
+
+The official code computes the CT_D mask on every rank, from that rank's own shuffle and
+dropout, so ranks can hold different masks and the replicas drift apart. Here:
+
+- Fixed masks (CT_D, random, lowest-Fisher, prune): rank 0 builds the child network (the
+  Fisher pass over the whole training set, exactly as a one-process run does, or the cache)
+  and broadcasts it; the other ranks compute nothing. A DDP run so uses the very mask of the
+  one-process run with the same seed (and shares its cache entry).
+- CT_F: the masker draws from its own generator, seeded by the run seed on every rank and
+  advanced once per optimizer step; DDP hands every rank the same averaged gradient, so every
+  rank draws the same masks and makes the same update.
+- Data: every rank builds the same seeded global batch and trains on its slice
+  (examples rank, rank + world, ...), so the averaged gradient is the global batch's gradient
+  (for equal slices) and the schedule has the one-process number of steps. Dropout is reseeded
+  per rank (rank 0 keeps the one-process stream).
+- After training the ranks compare digests of their parameters and masks; a mismatch fails
+  the run. Rank 0 alone evaluates and writes the record, which stores the check.
+
+Mixed precision: with `torch.autocast` (bf16/fp16) and `GradScaler` the parameters stay fp32 and
+are the tensors the optimizer updates, so the step pre-hook masks the gradients that are
+applied (a step GradScaler skips for inf/NaN skips the mask draw on every rank alike). Where an
+optimizer holds *copies* (fp16 master weights, DeepSpeed) a mask on the model's parameters
+would silently never apply, the official code's trap: `check_masks_reach_optimizer` refuses it.
+
+Scope: train.py trains on CPU, so the backend is gloo; these helpers only use collectives
+that gloo and NCCL both support, for loops that place the model on GPUs."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+PER_STEP_OR_NONE = ("none", "bernoulli")  # every other mask kind is fixed: built once, broadcast
+TIMEOUT = timedelta(minutes=60)  # the other ranks wait this long for rank 0's Fisher pass
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int
+    world_size: int
+
+
+_context: Context | None = None
+
+
+def setup(cfg=None) -> Context | None:
+    """Joins the process group torchrun describes (WORLD_SIZE > 1); a no-op otherwise. With a
+    Hydra `cfg`, adds `distributed.world_size` to it: a DDP run's numbers differ from a
+    one-process run's, so its record gets its own config hash (one-process hashes unchanged)."""
+    global _context
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return None
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=TIMEOUT)
+    _context = Context(dist.get_rank(), dist.get_world_size())
+    if cfg is not None:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.distributed = {"world_size": _context.world_size}
+    return _context
+
+
+def context() -> Context | None:
+    return _context
+
+
+def is_main() -> bool:
+    return _context is None or _context.rank == 0
+
+
+# ---------------------------------------------------------------- the child network
+
+def broadcast_masks(masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    """Rank 0's masks on every rank (the others pass None): names and shapes, then the bits."""
+    layout = [[(name, list(m.shape)) for name, m in masks.items()] if masks is not None else None]
+    dist.broadcast_object_list(layout, src=0)
+    sizes = [int(torch.Size(shape).numel()) for _, shape in layout[0]]
+    flat = (torch.cat([m.flatten() for m in masks.values()]).to(torch.uint8)
+            if masks is not None else torch.empty(sum(sizes), dtype=torch.uint8))
+    dist.broadcast(flat, src=0)
+    parts = flat.bool().split(sizes)
+    return {name: part.view(shape).clone() for (name, shape), part in zip(layout[0], parts)}
+
+
+def build_child(build, variant: dict, model):
+    """`build()` makes the child network (variants.build). Under DDP a fixed mask (any kind
+    but none and bernoulli) is built on rank 0 only and broadcast; CT_F and vanilla are built
+    on every rank (nothing to share)."""
+    if _context is None or variant["mask"] in PER_STEP_OR_NONE:
+        return build()
+    from .variants import fixed_child
+
+    child = build() if _context.rank == 0 else None
+    masks = broadcast_masks(child.masks if child is not None else None)
+    if child is None:
+        child = fixed_child(variant, model, masks, {"source": "broadcast from rank 0"})
+    return child
+
+
+def check_masks_reach_optimizer(masker, optimizer: torch.optim.Optimizer) -> None:
+    """The masked tensors must be the ones the optimizer updates (not fp16/DeepSpeed copies)."""
+    if masker is None:
+        return
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if any(id(p) not in held for p in masker.params):
+        raise ValueError("the optimizer does not update the masked parameters (it holds copies, "
+                         "e.g. fp16 master weights or DeepSpeed): the mask would never apply; "
+                         "attach the masker to the tensors the optimizer steps")
+
+
+# ---------------------------------------------------------------- data and model
+
+class ShardedBatches:
+    """This rank's slice of every global batch of `loader`. Global batches smaller than the
+    world size (a last batch of 1 on 2 ranks) are dropped on every rank alike."""
+
+    def __init__(self, loader, ctx: Context):
+        self.loader, self.ctx = loader, ctx
+
+    def _kept(self, n: int) -> bool:
+        return n >= self.ctx.world_size
+
+    def __len__(self) -> int:
+        n, b = len(self.loader.dataset), self.loader.batch_size
+        sizes = [b] * (n // b) + ([n % b] if n % b else [])
+        return sum(self._kept(s) for s in sizes)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if self._kept(len(batch["idx"])):
+                yield {k: v[self.ctx.rank::self.ctx.world_size] for k, v in batch.items()}
+
+
+def shard_batches(loader):
+    return loader if _context is None else ShardedBatches(loader, _context)
+
+
+def wrap(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """The module to train: DDP under torchrun (dropout reseeded per rank), else `model`."""
+    if _context is None:
+        return model
+    if _context.rank:
+        torch.manual_seed(seed + (_context.rank << 32))
+    return torch.nn.parallel.DistributedDataParallel(model)
+
+
+# ---------------------------------------------------------------- replicas in sync
+
+def digest(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class ReplicasDiverged(RuntimeError):
+    pass
+
+
+def check_in_sync(model: torch.nn.Module, masks: dict | None) -> dict:
+    """Collective: every rank's parameter and mask digests. Returns what the record keeps
+    ({} outside DDP); raises ReplicasDiverged if any rank differs from rank 0."""
+    if _context is None:
+        return {}
+    mine = {"params": digest(model.parameters()),
+            "masks": digest(masks.values()) if masks else None}
+    every = [None] * _context.world_size
+    dist.all_gather_object(every, mine)
+    if any(d != every[0] for d in every):
+        raise ReplicasDiverged(f"ranks hold different parameters or masks after training: "
+                               f"{[d['params'][:12] for d in every]}")
+    return {"distributed": {"world_size": _context.world_size, "backend": dist.get_backend(),
+                            "params_sha256": mine["params"], "masks_sha256": mine["masks"],
+                            "ranks_identical": True}}
