@@ -102,7 +102,19 @@ def test_missing_runs_are_flagged_never_averaged_silently(tmp_path, small_plan):
     assert (avg["n"], bool(avg["complete"])) == (2, False)   # only seeds with every task
     assert bool(stats.loc[("vanilla", "rte"), "complete"])
     assert "64.50 ± 2.12 (2/3)†" in markdown
-    assert "records: 11 of 12 planned runs (1 missing)" in markdown
+    assert "records: 11 of 12 planned runs (0 failed: not counted as results; 1 missing)" in markdown
+
+
+def test_failed_runs_are_counted_as_failed_not_as_results(tmp_path, small_plan):
+    _write(tmp_path, small_plan, skip={("rte", "child_tuning_d", 3)})
+    (run,) = [r for r in small_plan.runs if (r["identity"]["task"], r["identity"]["variant"],
+                                             r["identity"]["seed"]) == ("rte", "child_tuning_d", 3)]
+    records.write_failure(tmp_path, {"identity": run["identity"], "reason": "diverged",
+                                     "error": "loss is nan at step 3"})
+    stats, markdown = _aggregate(tmp_path)
+    assert stats.loc[("child_tuning_d", "rte"), "n"] == 2
+    assert "64.50 ± 2.12 (2/3)†" in markdown
+    assert "records: 11 of 12 planned runs (1 failed: not counted as results; 0 missing)" in markdown
 
 
 def test_a_cell_without_any_run_is_marked(tmp_path, small_plan):
@@ -200,6 +212,6 @@ def test_a_tiny_multirun_gives_a_complete_table(tmp_path):
                              f"results_dir={tmp_path}"], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     markdown = (tmp_path / "tables" / "main.md").read_text()
-    assert "records: 4 of 4 planned runs (0 missing)" in markdown
+    assert "records: 4 of 4 planned runs (0 failed: not counted as results; 0 missing)" in markdown
     assert "†" not in markdown.split("## ")[1]
     assert "| child_tuning_d |" in markdown

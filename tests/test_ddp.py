@@ -169,7 +169,7 @@ def test_masks_apply_under_autocast_to_the_parameters_the_optimizer_updates(dtyp
     scaler = torch.amp.GradScaler("cpu", enabled=dtype == torch.float16)
     for batch in loader(seed=0):
         with torch.autocast("cpu", dtype=dtype):
-            loss = model(**loop.model_inputs(batch)).loss
+            loss = model(**loop.model_inputs(model, batch)).loss
         scaler.scale(loss.float()).backward()
         scaler.step(optimizer)
         scaler.update()

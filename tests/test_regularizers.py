@@ -1,7 +1,6 @@
 """The prior fine-tuning methods (regularizers and the top_k variant) on the tiny model."""
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 

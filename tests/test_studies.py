@@ -15,6 +15,8 @@ EXPECTED = {
     ("p_sweep", "cpu"): 2 * 2 * 10 * 3, ("p_sweep", "paper"): 4 * 2 * 10 * 10,
     ("domain_transfer", "cpu"): 2 * 3 * 5, ("domain_transfer", "paper"): 1 * 3 * 10,
     ("task_transfer", "cpu"): 3 * 3 * 5, ("task_transfer", "paper"): 3 * 3 * 10,
+    ("prior_methods", "cpu"): 4 * 8 * 5, ("prior_methods", "paper"): 4 * 8 * 10,
+    ("combinations", "cpu"): 4 * 2 * 5 * 5, ("combinations", "paper"): 4 * 2 * 5 * 10,
 }
 
 

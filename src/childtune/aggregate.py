@@ -82,15 +82,22 @@ def _slugs(plans: list[Plan]) -> dict[str, str]:
                      else f"{p.protocol}-{p.digest}") for p in plans}
 
 
+def _failure_key(path: str) -> str:
+    return path[: -len(".json")] + ".failed.json"
+
+
 def _section(plan: Plan, label: str, recs: dict, reference: list[dict], reference_path: str):
     obs = tables.observations(plan, recs)
     stats = tables.summarize(obs)
     found = sum(r["path"] in recs for r in plan.runs)
-    metrics = sorted({f"{t} {m}" for t, m in zip(obs["task"], obs["metric"]) if m})
+    failed = sum(r["path"] not in recs and _failure_key(r["path"]) in recs for r in plan.runs)
+    metrics = sorted({f"{t} {m}" for t, m in zip(obs["task"], obs["metric"])
+                      if isinstance(m, str)})
     md = [f"## {label}", "",
           f"Launch: `{plan.command}`  ",
           f"Models: {', '.join(sorted(set(obs['model'])))}; records: {found} of "
-          f"{len(plan.runs)} planned runs ({len(plan.runs) - found} missing); "
+          f"{len(plan.runs)} planned runs ({failed} failed: not counted as results; "
+          f"{len(plan.runs) - found - failed} missing); "
           f"headline metrics: {', '.join(metrics) or 'n/a'}.", ""]
     tex = []
     for grid in tables.grids(stats, obs, reference):
@@ -160,7 +167,7 @@ def run(argv: list[str]) -> None:
     chosen = choose_plans(plans, set(recs))
     slugs = _slugs(chosen)
     labels = {name: f"protocol {slug}" for name, slug in slugs.items()}
-    planned = {r["path"] for p in chosen for r in p.runs}
+    planned = {key for p in chosen for r in p.runs for key in (r["path"], _failure_key(r["path"]))}
     observations = []
     for study in dict.fromkeys(p.study for p in chosen):
         paths, obs = write_tables(study, [p for p in chosen if p.study == study], labels, recs,

@@ -25,8 +25,8 @@ applied (a step GradScaler skips for inf/NaN skips the mask draw on every rank a
 optimizer holds *copies* (fp16 master weights, DeepSpeed) a mask on the model's parameters
 would silently never apply, the official code's trap: `check_masks_reach_optimizer` refuses it.
 
-Scope: train.py trains on CPU, so the backend is gloo; these helpers only use collectives
-that gloo and NCCL both support, for loops that place the model on GPUs."""
+Backend: NCCL when GPUs are present (each rank on its LOCAL_RANK device, runtime.device=auto),
+else gloo; these helpers only use collectives that both support."""
 from __future__ import annotations
 
 import hashlib
@@ -59,7 +59,7 @@ def setup(cfg=None) -> Context | None:
     if world_size <= 1:
         return None
     if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=TIMEOUT)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=TIMEOUT)
     _context = Context(dist.get_rank(), dist.get_world_size())
     if cfg is not None:
         from omegaconf import open_dict

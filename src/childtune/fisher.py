@@ -12,8 +12,14 @@ import torch
 NON_MODEL_KEYS = ("idx",)
 
 
+def model_inputs(model: torch.nn.Module, batch: dict) -> dict:
+    """The batch without bookkeeping keys (`idx`), on the model's device."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items() if k not in NON_MODEL_KEYS}
+
+
 def default_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    return model(**{k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}).loss
+    return model(**model_inputs(model, batch)).loss
 
 
 def fisher_information(model: torch.nn.Module, loader: Iterable, names: list[str],

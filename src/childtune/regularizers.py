@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .fisher import NON_MODEL_KEYS, default_loss
+from .fisher import default_loss, model_inputs
 
 NOISE_TYPES = ("uniform", "normal")
 
@@ -247,7 +247,7 @@ class R3F(Regularizer):
                 + F.kl_div(log_p, log_q, reduction="sum", log_target=True)) / clean.shape[0]
 
     def loss(self, model, batch):
-        inputs = {k: v for k, v in batch.items() if k not in NON_MODEL_KEYS}
+        inputs = model_inputs(model, batch)
         cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
         before = _random_state(cuda)
         out = model(**inputs)

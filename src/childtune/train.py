@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 import shlex
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -75,7 +74,7 @@ def run(cfg: DictConfig) -> Path:
                for name, split in splits.items()}
 
     seed_everything(cfg.seed)
-    model = models.load_model(cfg.model, task.num_labels)
+    model = models.load_model(cfg.model, task.num_labels).to(models.device(cfg.runtime.device))
     source = transfer.start_from_source(cfg, model)  # task transfer: the source run's encoder
     child = distributed.build_child(lambda: variants.build(
         config["variant"], model,
