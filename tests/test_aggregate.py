@@ -110,7 +110,8 @@ def test_failed_runs_are_counted_as_failed_not_as_results(tmp_path, small_plan):
     (run,) = [r for r in small_plan.runs if (r["identity"]["task"], r["identity"]["variant"],
                                              r["identity"]["seed"]) == ("rte", "child_tuning_d", 3)]
     records.write_failure(tmp_path, {"identity": run["identity"], "reason": "diverged",
-                                     "error": "loss is nan at step 3"})
+                                     "error": "loss is nan at step 3",
+                                     "config": {"study": "main", "protocol": {"name": "cpu"}}})
     stats, markdown = _aggregate(tmp_path)
     assert stats.loc[("child_tuning_d", "rte"), "n"] == 2
     assert "64.50 ± 2.12 (2/3)†" in markdown
