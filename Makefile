@@ -5,7 +5,7 @@ BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 DATA_DIR  ?= $(if $(CHILDTUNE_DATA_DIR),$(CHILDTUNE_DATA_DIR),../shared/data)
 PROTOCOL  ?= cpu
-LAUNCHER  ?= hydra/launcher=joblib hydra.launcher.n_jobs=2
+LAUNCHER  ?= hydra/launcher=parallel
 export CHILDTUNE_DATA_DIR := $(DATA_DIR)
 
 .PHONY: install test test-unit run reproduce reproduce-tables bench bench-quick clean

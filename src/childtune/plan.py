@@ -352,7 +352,7 @@ def _total(results_dir, plans: list[Plan], jobs: int) -> str:
 def _arguments(argv: list[str]) -> tuple[dict, list[str]]:
     options, overrides = {"results_dir": "results", "launch": "false", "save": "false",
                           "jobs": "2",
-                          "launcher": "hydra/launcher=joblib hydra.launcher.n_jobs=2"}, []
+                          "launcher": "hydra/launcher=parallel"}, []
     for arg in argv:
         key, _, value = arg.partition("=")
         if key in options:
