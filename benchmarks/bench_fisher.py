@@ -4,7 +4,7 @@ The same batches (16 x 64 tokens) through: a plain epoch of forward + backward, 
 `fisher_information` over the encoder layers, and an official-style Fisher loop (per tensor:
 `clip_grad_norm_`, then `+= grad**2 / N`), alternating.
 
-    python benchmarks/bench_fisher.py [--quick] [--threads 2]
+    python benchmarks/bench_fisher.py [--quick] [--threads 1]
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     out = run(args.quick, args.threads)
     print(out["table"])

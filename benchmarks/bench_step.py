@@ -5,7 +5,7 @@ step) for: vanilla (the project's AdamW), CT_F and CT_D through the project's ma
 CT_F / CT_D through an official-style optimizer written below (the 2021 HF AdamW loop with the
 mask applied per tensor inside it, `Bernoulli(p).sample()` for F), all on one model, alternating.
 
-    python benchmarks/bench_step.py [--quick] [--threads 2]
+    python benchmarks/bench_step.py [--quick] [--threads 1]
 """
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     out = run(args.quick, args.threads)
     print(out["table"])

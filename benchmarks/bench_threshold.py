@@ -6,7 +6,7 @@ synthetic uniform scores shaped like BERT-large's 335M. Contenders: `top_p_mask`
 the previous implementation (`torch.cat` + `kthvalue`) and the official recipe (numpy
 `append` in a loop + `percentile`, then `>=`; full mode, 22.7M set only).
 
-    python benchmarks/bench_threshold.py [--quick] [--threads 2]
+    python benchmarks/bench_threshold.py [--quick] [--threads 1]
 """
 from __future__ import annotations
 
@@ -76,6 +76,34 @@ def official_style_mask(scores, p):
     return {name: s >= float(polar) for name, s in scores.items()}
 
 
+METHODS = {"ours": lambda s: __import__("childtune").top_p_mask(s, P),
+           "previous": lambda s: previous_top_p_mask(s, P),
+           "official": lambda s: official_style_mask(s, P)}
+SETS = {"22m": minilm_like_scores, "335m": bert_large_like_scores}
+
+
+def peak_extra(method: str, scores: str) -> float:
+    """Peak resident-memory growth per value while `method` selects on `scores`, measured in
+    a fresh process whose allocator returns every large block to the system (so the peak is
+    the live memory, not whatever a previous benchmark left cached). Includes the masks."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    out = subprocess.run([sys.executable, __file__, "--peak", method, scores], env=env,
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _print_peak(method: str, scores: str) -> None:
+    values = SETS[scores]()
+    n = sum(v.numel() for v in values.values())
+    METHODS[method]({"warm-up": torch.rand(1000)})   # load lazily initialised code first
+    _, extra = common.peak_extra_bytes(lambda: METHODS[method](values))
+    print(extra / n)
+
+
 def timed(fn, repeats: int):
     times, out = [], None
     for _ in range(repeats):
@@ -95,37 +123,37 @@ def run(quick: bool = False, threads: int = 2) -> dict:
     small = minilm_like_scores()
     n = sum(v.numel() for v in small.values())
     ours_s, ours = timed(lambda: top_p_mask(small, P), 2 if quick else 5)
-    _, extra = common.peak_extra_bytes(lambda: top_p_mask(small, P))
     prev_s, prev = timed(lambda: previous_top_p_mask(small, P), 1 if quick else 3)
-    _, prev_extra = common.peak_extra_bytes(lambda: previous_top_p_mask(small, P))
     identical = all(torch.equal(ours[k], prev[k]) for k in small)
     del ours, prev
-    rows += [["ours: top_p_mask", f"{n / 1e6:.1f}M", ours_s, extra / n, "yes" if identical else "NO"],
-             ["previous: torch.cat + kthvalue", f"{n / 1e6:.1f}M", prev_s, prev_extra / n, "reference"]]
-    keys.update(threshold_s_22m=ours_s, threshold_extra_bytes_per_value_22m=extra / n,
+    extra = peak_extra("ours", "22m")
+    rows += [["ours: top_p_mask", f"{n / 1e6:.1f}M", ours_s, extra, "yes" if identical else "NO"],
+             ["previous: torch.cat + kthvalue", f"{n / 1e6:.1f}M", prev_s,
+              peak_extra("previous", "22m"), "reference"]]
+    keys.update(threshold_s_22m=ours_s, threshold_extra_bytes_per_value_22m=extra,
                 previous_threshold_s_22m=prev_s)
     if not quick:
         off_s, _ = timed(lambda: official_style_mask(small, P), 1)
-        _, off_extra = common.peak_extra_bytes(lambda: official_style_mask(small, P))
         rows.append(["official: np.append loop + percentile", f"{n / 1e6:.1f}M", off_s,
-                     off_extra / n, "(percentile, ties kept)"])
+                     peak_extra("official", "22m"), "(percentile, ties kept)"])
         keys["official_threshold_s_22m"] = off_s
     del small
     gc.collect()
 
     big = bert_large_like_scores()
     n = sum(v.numel() for v in big.values())
-    (big_s, _), big_extra = common.peak_extra_bytes(lambda: timed(lambda: top_p_mask(big, P), 1))
-    rows.append(["ours: top_p_mask", f"{n / 1e6:.0f}M", big_s, big_extra / n, "-"])
-    keys.update(threshold_s_335m=big_s, threshold_extra_bytes_per_value_335m=big_extra / n)
+    big_s, _ = timed(lambda: top_p_mask(big, P), 1)
     if not quick:
-        (prev_big_s, _), prev_big_extra = common.peak_extra_bytes(
-            lambda: timed(lambda: previous_top_p_mask(big, P), 1))
-        rows.append(["previous: torch.cat + kthvalue", f"{n / 1e6:.0f}M", prev_big_s,
-                     prev_big_extra / n, "-"])
-        keys["previous_threshold_s_335m"] = prev_big_s
+        prev_big_s, _ = timed(lambda: previous_top_p_mask(big, P), 1)
     del big
     gc.collect()
+    big_extra = peak_extra("ours", "335m")
+    rows.append(["ours: top_p_mask", f"{n / 1e6:.0f}M", big_s, big_extra, "-"])
+    keys.update(threshold_s_335m=big_s, threshold_extra_bytes_per_value_335m=big_extra)
+    if not quick:
+        rows.append(["previous: torch.cat + kthvalue", f"{n / 1e6:.0f}M", prev_big_s,
+                     peak_extra("previous", "335m"), "-"])
+        keys["previous_threshold_s_335m"] = prev_big_s
     table = common.markdown_table(["threshold (p = 0.3)", "values", "seconds",
                                    "peak extra bytes / value (masks incl.)", "same mask as previous"],
                                   rows)
@@ -135,8 +163,13 @@ def run(quick: bool = False, threads: int = 2) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--peak", nargs=2, metavar=("METHOD", "SET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peak:
+        common.setup(args.threads)
+        _print_peak(*args.peak)
+        raise SystemExit
     out = run(args.quick, args.threads)
     print(out["table"])
     print({k: round(v, 4) for k, v in out["keys"].items()})

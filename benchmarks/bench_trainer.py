@@ -6,7 +6,7 @@ alternating blocks of steps: `childtune.loop.train` with the project's AdamW, th
 with its default optimizer (`adamw_torch_fused` in transformers 5), the HF Trainer with
 `adamw_torch` (the project's optimizer class), and our loop with `AdamW(fused=True)`. Step time = median gap between step ends.
 
-    python benchmarks/bench_trainer.py [--quick] [--threads 2]
+    python benchmarks/bench_trainer.py [--quick] [--threads 1]
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def run(quick: bool = False, threads: int = 2) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     out = run(args.quick, args.threads)
     print(out["table"])

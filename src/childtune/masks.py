@@ -45,7 +45,7 @@ def scope_names(model: torch.nn.Module, scope: str) -> list[str]:
 # barrier can wait a whole scheduler time slice for a descheduled thread) and the scratch
 # buffers stay in L1/L2 cache. The results never depend on it or on the thread count.
 _CHUNK = 30_720
-_MIN_CANDIDATES = 1 << 16  # the exact selection gathers at most max(this, n/64) values
+_MIN_CANDIDATES = 1 << 16  # the exact selection gathers at most max(this, n/128) values
 
 
 def _ranked_selection(scores: dict[str, torch.Tensor], k: int, largest: bool) -> dict[str, torch.Tensor]:
@@ -140,16 +140,16 @@ def _kth_largest(flats: list[torch.Tensor], rank: int) -> tuple[float, int, int]
     2. one counting pass checks it: count(x > hi) < rank <= count(x >= lo), else the bracket is
        moved and, while it holds too many values, bisected on the float bit patterns;
     3. the few values inside the bracket are gathered and `kthvalue` picks t among them.
-    Only step 2's counts and step 3's candidates (at most n/64 values) are held."""
+    Only step 2's counts and step 3's candidates (at most n/128 values) are held."""
     n = sum(f.numel() for f in flats)
-    limit = max(_MIN_CANDIDATES, n >> 6)
+    limit = max(_MIN_CANDIDATES, n >> 7)
     lo, hi = -math.inf, math.inf
     n_ge_lo, n_gt_hi = n, 0          # invariant: n_gt_hi < rank <= n_ge_lo
-    stride = max(1, n >> 16)
+    stride = max(1, n >> 18)
     sample = torch.cat([f[::stride] for f in flats])
     m = sample.numel()
     at = (rank - 1) * m / n          # t's position in the sample, counted from the top
-    spread = 4 * math.sqrt(m * (rank / n) * (1 - rank / n)) + 16
+    spread = 3.5 * math.sqrt(m * (rank / n) * (1 - rank / n)) + 16
     guesses = [float(sample.kthvalue(m - int(i)).values)   # the (i+1)-th largest sampled
                for i in (at - spread, at + spread) if 0 <= i < m]
     for guess in guesses:   # larger guess first; each either tightens hi or raises lo
