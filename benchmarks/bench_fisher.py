@@ -8,7 +8,6 @@ The same batches (16 x 64 tokens) through: a plain epoch of forward + backward, 
 """
 from __future__ import annotations
 
-import argparse
 
 import torch
 
@@ -34,7 +33,7 @@ def official_style_fisher(model, batches, names) -> dict:
     return fisher
 
 
-def run(quick: bool = False, threads: int = 2) -> dict:
+def run(quick: bool = False, threads: int = 1) -> dict:
     from childtune import fisher_information
     from childtune.masks import encoder_layer_names
 
@@ -62,10 +61,4 @@ def run(quick: bool = False, threads: int = 2) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    out = run(args.quick, args.threads)
-    print(out["table"])
-    print({k: round(v, 4) for k, v in out["keys"].items()})
+    common.cli(run, __doc__)

@@ -9,7 +9,6 @@ mask applied per tensor inside it, `Bernoulli(p).sample()` for F), all on one mo
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
 
@@ -112,7 +111,7 @@ def contenders(model, fused: bool):
     return optimizers, timers
 
 
-def run(quick: bool = False, threads: int = 2) -> dict:
+def run(quick: bool = False, threads: int = 1) -> dict:
     common.setup(threads)
     model = common.minilm()
     model.train()
@@ -183,10 +182,4 @@ def run(quick: bool = False, threads: int = 2) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    out = run(args.quick, args.threads)
-    print(out["table"])
-    print({k: round(v, 4) for k, v in out["keys"].items()})
+    common.cli(run, __doc__)

@@ -10,7 +10,6 @@ with its default optimizer (`adamw_torch_fused` in transformers 5), the HF Train
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import math
@@ -112,7 +111,7 @@ def hf(model, dataset, steps: int, optim_name: str | None) -> list[float]:
     return [b - a for a, b in zip(ends, ends[1:])]
 
 
-def run(quick: bool = False, threads: int = 2) -> dict:
+def run(quick: bool = False, threads: int = 1) -> dict:
     import accelerate
 
     common.setup(threads)
@@ -149,10 +148,4 @@ def run(quick: bool = False, threads: int = 2) -> dict:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
-    out = run(args.quick, args.threads)
-    print(out["table"])
-    print({k: round(v, 4) for k, v in out["keys"].items()}, out["data"], out["accelerate"])
+    common.cli(run, __doc__)

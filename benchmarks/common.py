@@ -114,6 +114,20 @@ def write_latest(keys: dict, details: dict, info: dict) -> None:
                                   "by_threads": by_threads}, indent=1) + "\n")
 
 
+def cli(run: Callable[[bool, int], dict], doc: str) -> None:
+    """`python benchmarks/<script>.py [--quick] [--threads N]`: run one question, print it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, same keys")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1, as the CPU protocol's jobs run)")
+    args = parser.parse_args()
+    out = run(args.quick, args.threads)
+    print(out["table"])
+    print({k: round(v, 4) for k, v in out["keys"].items()})
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     def cell(v):
         return f"{v:,.3f}" if isinstance(v, float) and abs(v) < 10 else (

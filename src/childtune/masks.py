@@ -62,7 +62,7 @@ def _ranked_selection(scores: dict[str, torch.Tensor], k: int, largest: bool) ->
         return {name: torch.full(s.shape, k >= n, dtype=torch.bool, device=s.device)
                 for name, s in scores.items()}
     for name, f in zip(scores, flats):
-        if f.numel() and torch.isnan(f.sum()) and torch.isnan(f).any():
+        if any(torch.isnan(chunk.sum()) for chunk in _chunks([f])) and torch.isnan(f).any():
             raise ValueError(f"scores for {name!r} contain NaN; a child network needs finite "
                              f"scores (did the Fisher pass diverge?)")
     # t is the k-th largest (top) or the k-th smallest = (n-k+1)-th largest (bottom) value.
@@ -78,9 +78,9 @@ def _ranked_selection(scores: dict[str, torch.Tensor], k: int, largest: bool) ->
     for i in order:
         f = flats[i]
         if take_all:
-            chosen[i] = f >= t if largest else f <= t
+            chosen[i] = _compare(f, torch.ge if largest else torch.le, t)
             continue
-        mask = f > t if largest else f < t
+        mask = _compare(f, torch.gt if largest else torch.lt, t)
         if need > 0:
             tied = (f == t).nonzero().flatten()
             take = tied[:need] if largest else tied[max(tied.numel() - need, 0):]
@@ -94,6 +94,14 @@ def _chunks(flats: list[torch.Tensor]):
     for f in flats:
         for start in range(0, f.numel(), _CHUNK):
             yield f[start:start + _CHUNK]
+
+
+def _compare(f: torch.Tensor, op, value: float) -> torch.Tensor:
+    """op(f, value) as a new bool tensor, written chunk by chunk."""
+    out = torch.empty(f.shape, dtype=torch.bool, device=f.device)
+    for start in range(0, f.numel(), _CHUNK):
+        op(f[start:start + _CHUNK], value, out=out[start:start + _CHUNK])
+    return out
 
 
 def _count(flats: list[torch.Tensor], op, value: float) -> int:
