@@ -100,7 +100,7 @@ def test_top_and_bottom_masks_are_bit_identical_to_the_reference(kind):
             assert_same(bottom_p_mask(scores, p), reference_selection(scores, k, largest=False))
 
 
-@pytest.mark.parametrize("layout", ["shuffled", "sorted", "periodic", "ties"])
+@pytest.mark.parametrize("layout", ["shuffled", "sorted", "periodic", "ties", "signed zeros"])
 def test_bisection_path_is_exact_when_the_sample_misleads(monkeypatch, layout):
     """With the candidate budget forced to a minimum, the bracket is bisected on the float
     bit patterns; sorted and periodic layouts make the strided sample unrepresentative."""
@@ -114,6 +114,10 @@ def test_bisection_path_is_exact_when_the_sample_misleads(monkeypatch, layout):
         x = torch.arange(50_000).remainder(97).float() * 1e-3 + x * 1e-9
     elif layout == "ties":
         x = (x * 20).floor()
+    elif layout == "signed zeros":   # +0.0 and -0.0 compare equal but differ in bit pattern
+        x = torch.randn(50_000, generator=g)
+        x[x.abs() < 1.0] = 0.0
+        x[::2] = -x[::2]
     scores = {"a": x[:12_345].clone(), "b": x[12_345:].view(-1, 5).clone()}
     for p in (0.001, 0.3, 0.5, 0.9):
         k = kept_count(p, x.numel())

@@ -177,6 +177,7 @@ def _kth_largest(flats: list[torch.Tensor], rank: int) -> tuple[float, int, int]
 
 def _narrow(flats, value: float, rank: int, lo, hi, n_ge_lo, n_gt_hi):
     """Split the bracket at `value` (if inside it) by counting the values >= it."""
+    value += 0.0   # -0.0 -> +0.0: bounds compare like the values, so the bisection advances
     if not lo < value <= hi:
         return lo, hi, n_ge_lo, n_gt_hi
     n_ge = _count(flats, torch.ge, value)
