@@ -38,5 +38,13 @@ reproduce: $(STAMP)
 reproduce-tables: $(STAMP)
 	$(BIN)/python -m childtune.aggregate
 
+# Speed of the Child-Tuning fast paths, side by side (benchmarks/README.md); writes
+# benchmarks/latest.json. bench-quick: the same keys with fewer repeats.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --quick
+
 clean:
 	rm -rf .cache .hydra_sweeps .pytest_cache

@@ -40,29 +40,151 @@ def scope_names(model: torch.nn.Module, scope: str) -> list[str]:
 
 # ---------------------------------------------------------------- selecting child networks
 
+# Elements per pass of the chunked kernels below. Under torch's parallel grain size (32768), so
+# every op on a chunk runs inline on the calling thread: no thread barrier (on a busy machine a
+# barrier can wait a whole scheduler time slice for a descheduled thread) and the scratch
+# buffers stay in L1/L2 cache. The results never depend on it or on the thread count.
+_CHUNK = 30_720
+_MIN_CANDIDATES = 1 << 16  # the exact selection gathers at most max(this, n/128) values
+
+
 def _ranked_selection(scores: dict[str, torch.Tensor], k: int, largest: bool) -> dict[str, torch.Tensor]:
     """Exactly k entries: the k best under the total order (value, then lower flat index first
     for `largest`); for the bottom, the k last of that same order. So top-k and bottom-k are
-    disjoint whenever 2k <= N, and ties never depend on the sort algorithm."""
-    names = list(scores)
-    flat = torch.cat([scores[n].detach().flatten().float() for n in names])
-    n = flat.numel()
-    chosen = torch.zeros(n, dtype=torch.bool)
-    if k >= n:
-        chosen[:] = True
-    elif k > 0:
-        if largest:
-            t = flat.kthvalue(n - k + 1).values
-            chosen = flat > t
-            ties = (flat == t).nonzero().flatten()[: k - int(chosen.sum())]
-        else:
-            t = flat.kthvalue(k).values
-            chosen = flat < t
-            need = k - int(chosen.sum())
-            ties = (flat == t).nonzero().flatten()
-            ties = ties[ties.numel() - need:]
-        chosen[ties] = True
-    return _unflatten(chosen, scores)
+    disjoint whenever 2k <= N, and ties never depend on the sort algorithm.
+
+    The flat index runs over the tensors in dict order. The threshold is found by an exact
+    selection that never concatenates the scores (see `_kth_largest`); the only full-size
+    allocation is the returned bool masks (1 byte per value)."""
+    flats = [s.detach().reshape(-1).float() for s in scores.values()]
+    n = sum(f.numel() for f in flats)
+    if k <= 0 or k >= n:
+        return {name: torch.full(s.shape, k >= n, dtype=torch.bool, device=s.device)
+                for name, s in scores.items()}
+    for name, f in zip(scores, flats):
+        if any(torch.isnan(chunk.sum()) for chunk in _chunks([f])) and torch.isnan(f).any():
+            raise ValueError(f"scores for {name!r} contain NaN; a child network needs finite "
+                             f"scores (did the Fisher pass diverge?)")
+    # t is the k-th largest (top) or the k-th smallest = (n-k+1)-th largest (bottom) value.
+    t, n_above, n_tied = _kth_largest(flats, k if largest else n - k + 1)
+    if largest:
+        need = k - n_above                    # ties taken from the front of the flat order
+        order = range(len(flats))
+    else:
+        need = k - (n - n_above - n_tied)     # ties taken from the back of the flat order
+        order = reversed(range(len(flats)))
+    take_all = need == n_tied   # the usual case (no ties at all): one comparison per tensor
+    chosen: list[torch.Tensor] = [flats[0]] * len(flats)
+    for i in order:
+        f = flats[i]
+        if take_all:
+            chosen[i] = _compare(f, torch.ge if largest else torch.le, t)
+            continue
+        mask = _compare(f, torch.gt if largest else torch.lt, t)
+        if need > 0:
+            tied = (f == t).nonzero().flatten()
+            take = tied[:need] if largest else tied[max(tied.numel() - need, 0):]
+            mask[take] = True
+            need -= take.numel()
+        chosen[i] = mask
+    return {name: m.view(s.shape) for (name, s), m in zip(scores.items(), chosen)}
+
+
+def _chunks(flats: list[torch.Tensor]):
+    for f in flats:
+        for start in range(0, f.numel(), _CHUNK):
+            yield f[start:start + _CHUNK]
+
+
+def _compare(f: torch.Tensor, op, value: float) -> torch.Tensor:
+    """op(f, value) as a new bool tensor, written chunk by chunk."""
+    out = torch.empty(f.shape, dtype=torch.bool, device=f.device)
+    for start in range(0, f.numel(), _CHUNK):
+        op(f[start:start + _CHUNK], value, out=out[start:start + _CHUNK])
+    return out
+
+
+def _count(flats: list[torch.Tensor], op, value: float) -> int:
+    """How many values satisfy `op(x, value)`; chunked, comparing into a cached float buffer
+    (exact: a chunk's count is an integer below 2**24)."""
+    scratch = torch.empty(min(_CHUNK, max(f.numel() for f in flats)))
+    total = 0
+    for chunk in _chunks(flats):
+        out = scratch[:chunk.numel()]
+        total += int(op(chunk, value, out=out).sum())
+    return total
+
+
+def _between(flats: list[torch.Tensor], lo: float, hi: float) -> torch.Tensor:
+    """All values in [lo, hi], chunk by chunk."""
+    scratch = torch.empty(2, min(_CHUNK, max(f.numel() for f in flats)), dtype=torch.bool)
+    parts = []
+    for chunk in _chunks(flats):
+        inside, below_hi = scratch[:, :chunk.numel()]
+        torch.ge(chunk, lo, out=inside)
+        inside &= torch.le(chunk, hi, out=below_hi)
+        parts.append(chunk[inside])
+    return torch.cat(parts)
+
+
+def _float_key(x: float) -> int:
+    """A monotone integer key of a float32 value (its bit pattern, sign-folded), used to
+    bisect between two floats."""
+    bits = torch.tensor([x], dtype=torch.float32).view(torch.int32).item() & 0xFFFFFFFF
+    return bits ^ 0x80000000 if bits < 0x80000000 else ~bits & 0xFFFFFFFF
+
+
+def _key_float(key: int) -> float:
+    bits = key ^ 0x80000000 if key >= 0x80000000 else ~key & 0xFFFFFFFF
+    return torch.tensor([bits - (1 << 32) if bits >= 1 << 31 else bits],
+                        dtype=torch.int32).view(torch.float32).item()
+
+
+def _kth_largest(flats: list[torch.Tensor], rank: int) -> tuple[float, int, int]:
+    """The rank-th largest value t over all tensors (1-based, no NaN), with how many values are
+    > t and == t. Exact, without a concatenated copy:
+
+    1. a strided sample guesses a narrow bracket [lo, hi] around t;
+    2. one counting pass checks it: count(x > hi) < rank <= count(x >= lo), else the bracket is
+       moved and, while it holds too many values, bisected on the float bit patterns;
+    3. the few values inside the bracket are gathered and `kthvalue` picks t among them.
+    Only step 2's counts and step 3's candidates (at most n/128 values) are held."""
+    n = sum(f.numel() for f in flats)
+    limit = max(_MIN_CANDIDATES, n >> 7)
+    lo, hi = -math.inf, math.inf
+    n_ge_lo, n_gt_hi = n, 0          # invariant: n_gt_hi < rank <= n_ge_lo
+    stride = max(1, n >> 18)
+    sample = torch.cat([f[::stride] for f in flats])
+    m = sample.numel()
+    at = (rank - 1) * m / n          # t's position in the sample, counted from the top
+    spread = 3.5 * math.sqrt(m * (rank / n) * (1 - rank / n)) + 16
+    guesses = [float(sample.kthvalue(m - int(i)).values)   # the (i+1)-th largest sampled
+               for i in (at - spread, at + spread) if 0 <= i < m]
+    for guess in guesses:   # larger guess first; each either tightens hi or raises lo
+        lo, hi, n_ge_lo, n_gt_hi = _narrow(flats, guess, rank, lo, hi, n_ge_lo, n_gt_hi)
+    while n_ge_lo - n_gt_hi > limit and lo < hi:
+        a, b = _float_key(lo), _float_key(hi)
+        mid = _key_float((a + b + 1) // 2)
+        lo, hi, n_ge_lo, n_gt_hi = _narrow(flats, mid, rank, lo, hi, n_ge_lo, n_gt_hi)
+    if not lo < hi:          # the bracket is a single value
+        return lo, n_gt_hi, n_ge_lo - n_gt_hi
+    candidates = _between(flats, lo, hi)
+    inner = rank - n_gt_hi   # t is the inner-th largest candidate
+    t = float(candidates.kthvalue(candidates.numel() - inner + 1).values)
+    return (t, n_gt_hi + int((candidates > t).count_nonzero()),
+            int((candidates == t).count_nonzero()))
+
+
+def _narrow(flats, value: float, rank: int, lo, hi, n_ge_lo, n_gt_hi):
+    """Split the bracket at `value` (if inside it) by counting the values >= it."""
+    value += 0.0   # -0.0 -> +0.0: bounds compare like the values, so the bisection advances
+    if not lo < value <= hi:
+        return lo, hi, n_ge_lo, n_gt_hi
+    n_ge = _count(flats, torch.ge, value)
+    if n_ge >= rank:                 # t >= value
+        return value, hi, n_ge, n_gt_hi
+    below = torch.nextafter(torch.tensor(value), torch.tensor(-math.inf)).item()
+    return lo, below, n_ge_lo, n_ge  # t < value, so t <= the next float below it
 
 
 def _unflatten(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -134,11 +256,45 @@ class _GradientMasker:
     def apply(self) -> None:
         raise NotImplementedError
 
+    def _scratch(self, dtype: torch.dtype) -> torch.Tensor:
+        """One reusable buffer per gradient dtype, a chunk long (so it stays in cache)."""
+        buffers = self.__dict__.setdefault("_buffers", {})
+        if dtype not in buffers:
+            longest = max((q.numel() for q in self.params), default=1)
+            buffers[dtype] = torch.empty(min(_CHUNK, longest), dtype=dtype)
+        return buffers[dtype]
+
+
+def _multiply_in_chunks(grad: torch.Tensor, scratch: torch.Tensor, fill) -> None:
+    """grad *= m chunk by chunk, where `fill(out, start)` writes m[start:start+len(out)] into
+    `out` (a slice of the cached scratch buffer). A plain float multiply per entry, so the
+    result is bit-identical to multiplying by the whole mask tensor at once."""
+    flat = grad.view(-1) if grad.is_contiguous() else grad.contiguous().view(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        chunk = flat[start:start + _CHUNK]
+        factor = scratch[:chunk.numel()]
+        fill(factor, start)
+        chunk.mul_(factor if factor.device == chunk.device else factor.to(chunk.device))
+    if flat.data_ptr() != grad.data_ptr():
+        grad.copy_(flat.view(grad.shape))
+
 
 class ChildTuningF(_GradientMasker):
     """CT_F: a fresh Bernoulli(p) mask per step for every masked parameter; kept gradient
-    entries are scaled by 1/p. Draws come from the masker's own generator, so the global
-    random stream (dropout) is the same as in a vanilla run."""
+    entries are multiplied by the float 1/p, masked ones by 0. Draws come from the masker's own
+    generator (seeded by `seed`), so the global random stream (dropout) is the same as in a
+    vanilla run; with p = 1 nothing is drawn and the gradients are left bit-identical.
+
+    How an entry is drawn (fast path): per chunk of a tensor, the generator fills 64-bit
+    words, read as uniform signed 32-bit integers s (two per word), and an entry is kept iff
+    s < K - 2**31 with K = round(p * 2**32). So the keep probability is p quantised to
+    K / 2**32, within 2**-33 of p. The scale is the
+    nominal 1/p, not 2**32/K: E[kept * 1/p] = (K / 2**32) / p = 1 + d with |d| <= 2**-33 / p,
+    e.g. 4e-10 for p = 0.3 -- far below float32's rounding of 1/p itself (up to 6e-8), which
+    every implementation, the official one included, incurs. (`torch.rand(...) < p`, the
+    textbook way, quantises p to 2**-24.) The draws are serial and the comparison is
+    elementwise, so the masks depend on the seed only, never on the thread count.
+    `kept` / `seen` count the entries kept and drawn (the observed keep rate)."""
 
     def __init__(self, named_params, p: float, seed: int):
         self.named = [(n, q) for n, q in named_params if q.requires_grad]
@@ -147,6 +303,11 @@ class ChildTuningF(_GradientMasker):
         self.generator = torch.Generator().manual_seed(seed)
         self.kept = 0
         self.seen = 0
+        # A uniform s in [-2**31, 2**31) is below K - 2**31 with probability K / 2**32.
+        self._threshold = min(round(self.p * 2 ** 32), 2 ** 32 - 1) - 2 ** 31
+        self._scale = 1.0 / self.p
+        self._words = torch.empty((min(_CHUNK, max((q.numel() for q in self.params),
+                                                   default=1)) + 1) // 2, dtype=torch.int64)
 
     @torch.no_grad()
     def apply(self) -> None:
@@ -154,10 +315,21 @@ class ChildTuningF(_GradientMasker):
             grad = param.grad
             if grad is None:
                 continue
-            keep = torch.rand(grad.shape, generator=self.generator) < self.p
-            self.kept += int(keep.sum())
-            self.seen += keep.numel()
-            grad.mul_(keep.to(grad.dtype).mul_(1.0 / self.p))
+            if self.p >= 1.0:
+                self.kept += grad.numel()
+                self.seen += grad.numel()
+                continue
+            _multiply_in_chunks(grad, self._scratch(grad.dtype), self._draw)
+
+    def _draw(self, out: torch.Tensor, start: int) -> None:
+        """Fill `out` with a fresh mask times 1/p: 1/p where kept, 0 where masked."""
+        n = out.numel()
+        words = self._words[:(n + 1) // 2].random_(-2 ** 63, None, generator=self.generator)
+        torch.lt(words.view(torch.int32)[:n], self._threshold, out=out)   # 1.0 / 0.0
+        exact_sum = out.dtype in (torch.float32, torch.float64)  # a chunk's count < 2**24
+        self.kept += int(out.sum()) if exact_sum else int(out.count_nonzero())
+        self.seen += n
+        out.mul_(self._scale)
 
     def keep_rate(self) -> float | None:
         return self.kept / self.seen if self.seen else None
@@ -179,6 +351,10 @@ class ChildTuningD(_GradientMasker):
             raise ValueError(f"masks name parameters the model lacks: {missing[:3]}")
         self.params = [named[n] for n in masks]
         self.masks = [masks[n].to(named[n].device) for n in masks]
+        # The same masks as bytes (0/1), read chunk by chunk into a float buffer: multiplying
+        # by a float 0/1 gives exactly grad * bool_mask, at the speed of a float multiply.
+        self._bytes = [m.to(torch.bool).contiguous().view(-1).view(torch.uint8).cpu()
+                       for m in self.masks]
         self.freeze_exactly = freeze_exactly
         self._before: list[torch.Tensor] = []
 
@@ -190,9 +366,10 @@ class ChildTuningD(_GradientMasker):
 
     @torch.no_grad()
     def apply(self) -> None:
-        for param, mask in zip(self.params, self.masks):
+        for param, mask in zip(self.params, self._bytes):
             if param.grad is not None:
-                param.grad.mul_(mask)
+                _multiply_in_chunks(param.grad, self._scratch(param.grad.dtype),
+                                    lambda out, start, m=mask: out.copy_(m[start:start + out.numel()]))
         if self.freeze_exactly:
             self._before = [param.detach().clone() for param in self.params]
 
