@@ -236,3 +236,27 @@ def test_mask_statistics_per_layer_and_module():
     assert {"attn_q", "attn_k", "attn_v", "attn_o", "ffn_in", "ffn_out", "layernorm"} \
         <= set(stats["per_module"])
     assert 0 < stats["scope_fraction_of_model"] < 1
+
+
+def test_fused_adamw_is_an_option_and_masks_still_apply():
+    from omegaconf import OmegaConf
+
+    from childtune.optim import build_optimizer
+
+    cfg = OmegaConf.create({"optimizer": "adamw", "lr": 1e-3, "adam_betas": [0.9, 0.999],
+                            "adam_eps": 1e-8, "weight_decay": 0.0, "fused": True})
+    model = tiny_model()
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = build_optimizer(model, cfg)
+    assert optimizer.defaults["fused"] is True
+    masks = random_mask({n: p.shape for n, p in model.named_parameters()
+                         if n in encoder_layer_names(model)}, 0.3, 0)
+    ChildTuningD(model, masks).attach(optimizer)
+    model.train()
+    for batch in random_batches(3):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for n, p in model.named_parameters():
+        if n in masks:
+            assert torch.equal(p[~masks[n]], initial[n][~masks[n]]), n

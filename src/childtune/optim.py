@@ -21,8 +21,10 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 def build_optimizer(model: torch.nn.Module, trainer_cfg) -> torch.optim.Optimizer:
     groups = param_groups(model, trainer_cfg.weight_decay)
     if trainer_cfg.optimizer == "adamw":
+        # fused: one kernel per step, ~10% faster steps on CPU (benchmarks/), other rounding
         return torch.optim.AdamW(groups, lr=trainer_cfg.lr, betas=tuple(trainer_cfg.adam_betas),
-                                 eps=trainer_cfg.adam_eps)
+                                 eps=trainer_cfg.adam_eps,
+                                 fused=True if trainer_cfg.get("fused") else None)
     if trainer_cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=trainer_cfg.lr, momentum=trainer_cfg.momentum)
     raise ValueError(f"trainer.optimizer must be adamw or sgd, got {trainer_cfg.optimizer!r}")
