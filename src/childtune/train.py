@@ -103,7 +103,8 @@ def run(cfg: DictConfig) -> Path:
         child.masker.attach(optimizer)
         distributed.check_masks_reach_optimizer(child.masker, optimizer)
 
-    logger = loggers.build_logger(cfg.logger, config, ident)
+    logger = (loggers.build_logger(cfg.logger, config, ident) if distributed.is_main()
+              else loggers.NullLogger())  # under DDP, rank 0 alone logs
     failed = True
     try:
         record = _train_and_evaluate(cfg, config, ident, task, model, child, regularizer,
