@@ -216,3 +216,11 @@ def test_a_tiny_multirun_gives_a_complete_table(tmp_path):
     assert "records: 4 of 4 planned runs (0 failed: not counted as results; 0 missing)" in markdown
     assert "†" not in markdown.split("## ")[1]
     assert "| child_tuning_d |" in markdown
+
+
+def test_runs_frame_has_one_row_per_record(tmp_path, small_plan):
+    _write(tmp_path, small_plan, skip={("rte", "child_tuning_d", 3)})
+    frame = aggregate.runs_frame(records.read_records(tmp_path))
+    assert len(frame) == 11 and set(frame["status"]) == {"success"}
+    cell = frame[(frame["task"] == "rte") & (frame["variant"] == "vanilla")]
+    assert sorted(cell["headline"]) == [0.60, 0.62, 0.64]

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from . import plan as plans_mod
 from . import records, tables
 from .errors import UserError
@@ -80,6 +82,14 @@ def _slugs(plans: list[Plan]) -> dict[str, str]:
         counts[(p.study, p.protocol)] = counts.get((p.study, p.protocol), 0) + 1
     return {p.name: (f"{p.protocol}" if counts[(p.study, p.protocol)] == 1
                      else f"{p.protocol}-{p.digest}") for p in plans}
+
+
+def runs_frame(recs: list[dict]) -> pd.DataFrame:
+    """One row per run record (success or failure): its identity, status, headline and path."""
+    rows = [{**r["identity"], "status": r.get("status"), "path": r.get("path"),
+             "headline_metric": (r.get("headline") or {}).get("metric"),
+             "headline": (r.get("headline") or {}).get("value")} for r in recs]
+    return pd.DataFrame(rows)
 
 
 def _failure_key(path: str) -> str:
