@@ -141,7 +141,7 @@ def run(quick: bool = False, threads: int = 1) -> dict:
             ["childtune.loop.train with AdamW(fused=True)", med["ours_fused"] * 1e3,
              BATCH / med["ours_fused"], med["ours_fused"] / med["ours"]]]
     table = common.markdown_table(["training loop (16 x 64 tokens)", "ms / step", "examples / s",
-                                   "ours faster by (x)"], rows)
+                                   "step time / ours (> 1: ours faster)"], rows)
     return {"keys": keys,
             "table": table, "accelerate": accelerate.__version__,
             "data": "RTE" if _rte_items(1) else "random word pieces"}

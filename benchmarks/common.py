@@ -104,11 +104,17 @@ def machine(threads: int) -> dict:
             "python": platform.python_version()}
 
 
-def write_latest(keys: dict, details: dict, info: dict) -> None:
-    """Top level: this run's keys; `by_threads` keeps the latest run for every thread count."""
+def write_latest(keys: dict, details: dict, info: dict, update: bool = False) -> None:
+    """Top level: this run's keys; `by_threads` keeps the latest run for every thread count.
+    `update`: only some questions were rerun; keep the other questions' results."""
     previous = json.loads(LATEST.read_text()) if LATEST.is_file() else {}
     run = {**keys, "details": details, "machine": info,
            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if update:
+        old = previous.get("by_threads", {}).get(str(info["torch_threads"]), {})
+        run = {**old, **keys, "details": {**old.get("details", {}), **details},
+               "machine": {**old.get("machine", {}), "rerun_" + "_".join(details): info},
+               "finished_at": run["finished_at"]}
     by_threads = {**previous.get("by_threads", {}), str(info["torch_threads"]): run}
     LATEST.write_text(json.dumps({**run, "threads": info["torch_threads"],
                                   "by_threads": by_threads}, indent=1) + "\n")

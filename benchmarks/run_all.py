@@ -2,6 +2,7 @@
 
     python benchmarks/run_all.py            # make bench        (about 15 min on 2 busy cores)
     python benchmarks/run_all.py --quick    # make bench-quick  (fewer repeats)
+    python benchmarks/run_all.py --only fisher --threads 2   # rerun one question
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats, same keys")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1, as the CPU protocol's jobs run)")
+    parser.add_argument("--only", nargs="+", choices=list(QUESTIONS),
+                        help="rerun these questions only, keeping the others in latest.json")
     args = parser.parse_args()
     info = common.machine(args.threads)
     start = time.perf_counter()
@@ -34,6 +37,8 @@ def main() -> None:
     print(f"# childtune benchmarks ({'quick' if args.quick else 'full'}, {args.threads} threads, "
           f"{info['cpu']}, {info['cores']} cores, load average {info['load_average_1m_at_start']})")
     for name, module in QUESTIONS.items():
+        if args.only and name not in args.only:
+            continue
         t0 = time.perf_counter()
         out = module.run(args.quick, args.threads)
         keys.update(out["keys"])
@@ -42,7 +47,8 @@ def main() -> None:
     info.update(mode="quick" if args.quick else "full",
                 seconds=round(time.perf_counter() - start, 1),
                 load_average_1m_at_end=round(__import__("os").getloadavg()[0], 2))
-    common.write_latest({k: round(v, 4) for k, v in keys.items()}, details, info)
+    common.write_latest({k: round(v, 4) for k, v in keys.items()}, details, info,
+                        update=bool(args.only))
     print("\n## keys (benchmarks/latest.json)\n")
     for k, v in keys.items():
         print(f"- {k}: {v:.4f}")

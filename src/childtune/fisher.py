@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from .masks import _CHUNK
+
 NON_MODEL_KEYS = ("idx",)
 
 
@@ -37,29 +39,47 @@ def fisher_information(model: torch.nn.Module, loader: Iterable, names: list[str
         from tqdm.auto import tqdm
 
         batches = tqdm(loader, desc="fisher", leave=False)
-    scratch = torch.empty(max((p.numel() for p in scoped.values()), default=0),
+    largest = max((p.numel() for p in scoped.values()), default=0)
+    scratch = torch.empty(min(_CHUNK, largest),
                           device=next(iter(scoped.values())).device if scoped else None)
     for batch in batches:
         model.zero_grad(set_to_none=True)
         loss_fn(model, batch).backward()
         with torch.no_grad():
             grads = {n: p.grad for n, p in scoped.items() if p.grad is not None}
-            if max_grad_norm:
-                _clip_each_(list(grads.values()), max_grad_norm)
-            for name, grad in grads.items():
-                grad = grad.float()
-                square = torch.mul(grad, grad, out=scratch[:grad.numel()].view(grad.shape))
-                fisher[name] += square.div_(n_batches)   # grad**2 / n_batches, in place
+            coefs = (_clip_coefficients(list(grads.values()), max_grad_norm) if max_grad_norm
+                     else [None] * len(grads))
+            for (name, grad), coef in zip(grads.items(), coefs):
+                _accumulate(fisher[name], grad, coef, n_batches, scratch)
     model.zero_grad(set_to_none=True)
     return fisher
 
 
-def _clip_each_(grads: list[torch.Tensor], max_norm: float) -> None:
-    """`clip_grad_norm_(g, max_norm)` for every tensor on its own, bit for bit, in a handful
+def _clip_coefficients(grads: list[torch.Tensor], max_norm: float) -> list[torch.Tensor]:
+    """Each tensor's `clip_grad_norm_(g, max_norm)` coefficient, bit for bit, from a handful
     of multi-tensor ops instead of a Python call per tensor."""
     if not grads:
-        return
+        return []
     norms = torch.stack(torch._foreach_norm(grads, 2.0))
     totals = torch.linalg.vector_norm(norms.unsqueeze(1), 2.0, dim=1)  # as clip_grad_norm_
-    coefs = torch.clamp(max_norm / (totals + 1e-6), max=1.0)
-    torch._foreach_mul_(grads, list(coefs.unbind()))
+    return list(torch.clamp(max_norm / (totals + 1e-6), max=1.0).unbind())
+
+
+def _accumulate(fisher: torch.Tensor, grad: torch.Tensor, coef: torch.Tensor | None,
+                n_batches: int, scratch: torch.Tensor) -> None:
+    """grad *= coef (the clip, in place as `clip_grad_norm_` does), then
+    fisher += grad.float()**2 / n_batches -- chunk by chunk, in a cached buffer and inline on
+    the calling thread. Every step is elementwise, so the numbers are those of the
+    whole-tensor expressions."""
+    if not grad.is_contiguous():
+        if coef is not None:
+            grad.mul_(coef)
+        grad, coef = grad.contiguous(), None
+    flat, out = grad.view(-1), fisher.view(-1)
+    for start in range(0, flat.numel(), _CHUNK):
+        chunk = flat[start:start + _CHUNK]
+        if coef is not None:
+            chunk.mul_(coef)
+        chunk = chunk.float()
+        square = torch.mul(chunk, chunk, out=scratch[:chunk.numel()])
+        out[start:start + _CHUNK] += square.div_(n_batches)   # grad**2 / n_batches
