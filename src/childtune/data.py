@@ -120,11 +120,15 @@ def read_hub(task: Task, split: str) -> Split:
 
 # ---------------------------------------------------------------- splits and batches
 
+def read_split(task: Task, data_dir: Path | None, split: str) -> Split:
+    """One split, from the local directory when there is one, else from the hub."""
+    return read_local(task, data_dir, split) if data_dir else read_hub(task, split)
+
+
 def load_splits(task: Task, data_dir: Path | None, n_train: int | None,
                 subsample_seed: int) -> dict[str, Split]:
     """Train split (subsampled to n_train if given) and every eval split of the task."""
-    read = (lambda s: read_local(task, data_dir, s)) if data_dir else (lambda s: read_hub(task, s))
-    splits = {"train": read("train")}
+    splits = {"train": read_split(task, data_dir, "train")}
     if n_train is not None:
         full = len(splits["train"])
         if not 0 < n_train <= full:
@@ -133,7 +137,7 @@ def load_splits(task: Task, data_dir: Path | None, n_train: int | None,
         order = np.random.default_rng(subsample_seed).permutation(full)[:n_train]
         splits["train"] = splits["train"].subset(sorted(order.tolist()))
     for name in task.eval_splits:
-        splits[name] = read(name)
+        splits[name] = read_split(task, data_dir, name)
     return splits
 
 

@@ -168,8 +168,7 @@ def evaluate_on(cfg, task: Task, target: Task, model, tokenizer, data_dir) -> di
 
     space = label_space(task, target)
     split_name = _eval_split(target)
-    split = (data.read_local(target, data_dir, split_name) if data_dir
-             else data.read_hub(target, split_name))
+    split = data.read_split(target, data_dir, split_name)
     encoded = data.Encoded(split, tokenizer, cfg.data.max_seq_length, regression=False)
     loader = data.make_loader(encoded, cfg.trainer.eval_batch_size, None)
     preds, labels = loop.predict(model, loader, regression=False)
