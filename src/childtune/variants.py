@@ -163,9 +163,7 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
             masks = M.top_layers_mask(model, variant["k"])
         except ValueError as exc:
             raise UserError(f"variant.{exc}; pass a smaller variant.k") from None
-        masker = M.ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
-        return ChildNetwork(masker=masker, masks=masks, info={
-            "kind": kind, "k": variant["k"], "statistics": M.mask_statistics(masks, model)})
+        return fixed_child(variant, model, masks, {"k": variant["k"]})
 
     key_parts = {**cache_parts, "seed": seed, "max_grad_norm": max_grad_norm,
                  **{k: variant.get(k) for k in ("mask", "p", "scope", "fisher_seed",
@@ -190,8 +188,9 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
 
 
 def fixed_child(variant: dict, model, masks: dict[str, torch.Tensor], info: dict) -> ChildNetwork:
-    """The child network of a fixed mask (D, random, lowest-Fisher, prune) given its masks."""
+    """The child network of a fixed mask (D, random, lowest-Fisher, prune, top_k) given its
+    masks."""
     masker = M.ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
-    info.update({"kind": variant["mask"], "p": variant["p"], "scope": variant["scope"],
+    info.update({"kind": variant["mask"], "p": variant.get("p"), "scope": variant.get("scope"),
                  "statistics": M.mask_statistics(masks, model)})
     return ChildNetwork(masker=masker, masks=masks, info=info)
