@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import records
+from . import checkpoints, records
 from .errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -163,6 +163,8 @@ def _estimate(config: dict) -> float | None:
     n_train = config["data"].get("n_train")
     if per_1k is None or n_train is None:
         return None
+    if config["variant"].get("prune") and (config.get("runtime") or {}).get("keep_for_prune"):
+        return protocol.get("overhead_seconds", 0)  # evaluates the kept CT_D model (prune.py)
     train = per_1k * n_train / 1000 * config["trainer"]["epochs"] / 3
     if str(config["variant"].get("mask", "")).startswith("fisher"):
         train += train / config["trainer"]["epochs"]      # the Fisher pass: one more epoch
@@ -249,7 +251,7 @@ def encoder_path(cache_dir, ident: dict) -> Path:
     """Where a run kept for task transfer leaves its trained encoder (transfer.py)."""
     if not cache_dir:
         raise UserError("task transfer keeps encoders under runtime.cache_dir; set it")
-    return records.record_path(Path(cache_dir) / "encoders", ident).with_suffix(".pt")
+    return checkpoints.path(cache_dir, "encoders", ident)
 
 
 # ---------------------------------------------------------------- manifests

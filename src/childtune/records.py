@@ -90,21 +90,21 @@ def failure_path(results_dir: str | Path, ident: dict) -> Path:
     return record_path(results_dir, ident).with_suffix(".failed.json")
 
 
-def _clean(value):
+def clean_json(value):
     """JSON without NaN/inf (they become null: a metric that could not be computed)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     return value
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Readers see all of it or nothing (atomic.py), even with two writers at once."""
     with atomic_file(path, "w") as f:
-        json.dump(_clean(payload), f, indent=1, sort_keys=True, allow_nan=False)
+        json.dump(clean_json(payload), f, indent=1, sort_keys=True, allow_nan=False)
         f.write("\n")
 
 

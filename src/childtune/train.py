@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import (data, distributed, guard, loggers, loop, models, optim, records, regularizers,
-               transfer, variants)
+from . import (data, distributed, guard, loggers, loop, models, optim, prune, records,
+               regularizers, transfer, variants)
 from .errors import UserError
-from .masks import prune_
 from .tasks import get_task
 
 
@@ -44,6 +43,7 @@ def check_config(config: dict) -> None:
     get_task(config["task"]["name"])
     variants.check_variant(config["variant"])
     regularizers.check(config)
+    prune.check(config)
     max_len = config["data"]["max_seq_length"]
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
         raise UserError(f"data.max_seq_length must be a positive integer, got "
@@ -87,6 +87,7 @@ def run(cfg: DictConfig) -> Path:
         progress=cfg.runtime.progress), config["variant"], model)  # DDP: rank 0's mask
     # after the Fisher pass, which thus sees the plain model and the plain task loss
     regularizer = regularizers.build(config.get("regularizer"), model, seed=cfg.seed)
+    ct_d = prune.ct_d_run(config)  # variant=prune: the CT_D run it prunes (None otherwise)
 
     train_loader = distributed.shard_batches(
         data.make_loader(encoded["train"], cfg.trainer.batch_size, cfg.seed))
@@ -109,11 +110,12 @@ def run(cfg: DictConfig) -> Path:
     try:
         record = _train_and_evaluate(cfg, config, ident, task, model, child, regularizer,
                                      train_loader, eval_loaders, optimizer, scheduler, warmup,
-                                     logger)
+                                     logger, ct_d)
         if record is None:  # a DDP rank other than 0: rank 0 evaluates and writes the record
             failed = False
             return None
         record.update(transfer.finish(cfg, ident, task, model, tokenizer, data_dir, source))
+        prune.keep(config, ident, model)  # a CT_D run asked to keep its model for prune
         record["data"] = {"source": str(data_dir) if data_dir else "hub",
                           "sizes": {name: len(split) for name, split in splits.items()}}
         logger.log_record(record)
@@ -132,19 +134,22 @@ def run(cfg: DictConfig) -> Path:
 
 
 def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, train_loader,
-                        eval_loaders, optimizer, scheduler, warmup, logger) -> dict | None:
-    trained = loop.train(distributed.wrap(model, cfg.seed), train_loader, optimizer, scheduler,
-                         cfg.trainer.epochs, cfg.trainer.max_grad_norm,
-                         progress=cfg.runtime.progress, on_step=logger.log_step,
-                         loss_fn=regularizer.loss)
+                        eval_loaders, optimizer, scheduler, warmup, logger, ct_d) -> dict | None:
+    if ct_d is not None and ct_d.model_path is not None:
+        trained = prune.load_trained(model, ct_d)  # prune: CT_D's kept model, no training
+    else:
+        trained = loop.train(distributed.wrap(model, cfg.seed), train_loader, optimizer,
+                             scheduler, cfg.trainer.epochs, cfg.trainer.max_grad_norm,
+                             progress=cfg.runtime.progress, on_step=logger.log_step,
+                             loss_fn=regularizer.loss)
     in_sync = distributed.check_in_sync(model, child.masks)  # {} unless under torchrun
     if not distributed.is_main():
         return None
     metrics, eval_seconds = loop.evaluate(model, eval_loaders, task.is_regression, task.metrics)
     result = {"metrics": metrics}
-    if cfg.variant.prune:
-        prune_(model, child.masks)
-        result = {"metrics_before_prune": metrics}
+    if ct_d is not None:
+        variants.M.prune_(model, child.masks)
+        result = {"metrics_before_prune": metrics, "prune": prune.summary(ct_d, metrics)}
         result["metrics"], pruned_seconds = loop.evaluate(model, eval_loaders,
                                                           task.is_regression, task.metrics)
         eval_seconds += pruned_seconds

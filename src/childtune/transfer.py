@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import plan, records
+from . import checkpoints, plan, records
 from .errors import UserError
 from .tasks import Task, get_task
 
@@ -100,21 +100,11 @@ def _is_head(name: str) -> bool:
 
 
 def save_encoder(model, path: Path, ident: dict) -> None:
-    import torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v for k, v in model.state_dict().items() if not _is_head(k)}
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"identity": ident, "state": state}, tmp)
-    tmp.replace(path)
+    checkpoints.save(model, path, ident, keep=lambda name: not _is_head(name))
 
 
 def load_encoder(model, path: Path) -> None:
-    import torch
-
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(saved["state"], strict=False)
-    misfit = [k for k in missing if not _is_head(k)] + list(unexpected)
+    misfit = checkpoints.load(model, path, keep=lambda name: not _is_head(name))
     if misfit:
         raise UserError(f"the source encoder {path} does not fit this model ({misfit[:3]}); "
                         f"delete it to retrain the source run")
