@@ -1,8 +1,8 @@
 """Question 1: what does Child-Tuning add to a training step?
 
 One MiniLM training step (forward + backward on 16 x 64 tokens, global grad-norm clip, AdamW
-step) for: vanilla (the project's AdamW), CT_F and CT_D through the project's maskers, and
-CT_F / CT_D through an official-style optimizer written below (the 2021 HF AdamW loop with the
+step) for: vanilla (the project's AdamW), CT_F and CT_D through the project's maskers, CT_F
+with its previous draws (torch's generator; `previous_ct_f`), and CT_F / CT_D through an official-style optimizer written below (the 2021 HF AdamW loop with the
 mask applied per tensor inside it, `Bernoulli(p).sample()` for F), all on one model, alternating.
 
     python benchmarks/bench_step.py [--quick] [--threads 1]
@@ -62,6 +62,27 @@ class OfficialStyleChildTuningAdamW(torch.optim.Optimizer):
                     p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
 
+def previous_ct_f(named_params, p: float, seed: int):
+    """The project's CT_F masker as it was before the SFC64 draws: the same rule (32-bit
+    integers below round(p * 2**32) - 2**31), its words from torch's CPU generator (mt19937)."""
+    from childtune import ChildTuningF
+    from childtune.masks import _CHUNK
+
+    masker = ChildTuningF(named_params, p, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    words = torch.empty((_CHUNK + 1) // 2, dtype=torch.int64)
+
+    def draw(out, start):
+        n = out.numel()
+        drawn = words[:(n + 1) // 2].random_(-2 ** 63, None, generator=generator)
+        torch.lt(drawn.view(torch.int32)[:n], masker._threshold, out=out)
+        masker.kept += int(out.sum())
+        masker.seen += n
+        out.mul_(masker._scale)
+    masker._draw = draw
+    return masker
+
+
 class Timed:
     """Wraps a masker's apply() to add up the seconds spent in it."""
 
@@ -99,7 +120,9 @@ def contenders(model, fused: bool):
             (("_fused", fused_adamw),) if fused else ()):
         optimizers["vanilla" + suffix] = make()
         for name, masker in (("ct_f", ChildTuningF(model.named_parameters(), P, seed=1)),
-                             ("ct_d", ChildTuningD(model, d_masks))):
+                             ("ct_d", ChildTuningD(model, d_masks)),
+                             *((("previous_ct_f", previous_ct_f(model.named_parameters(), P, 1)),)
+                               if not suffix else ())):
             optimizers[name + suffix] = make()
             timers[name + suffix] = Timed(masker)
             masker.attach(optimizers[name + suffix])
@@ -167,6 +190,9 @@ def run(quick: bool = False, threads: int = 1) -> dict:
             "ct_d_step_ratio": med["ct_d"] / med["vanilla"],
             "official_ct_f_step_ratio": med["official_ct_f"] / med["vanilla"],
             "official_ct_d_step_ratio": med["official_ct_d"] / med["vanilla"],
+            "previous_ct_f_step_ratio": med["previous_ct_f"] / med["vanilla"],
+            "ct_f_mask_ms": common.median(parts["ct_f"]["mask"]) * 1e3,
+            "previous_ct_f_mask_ms": common.median(parts["previous_ct_f"]["mask"]) * 1e3,
             "ct_f_step_ratio_from_parts": from_parts("ct_f"),
             "ct_d_step_ratio_from_parts": from_parts("ct_d"),
             "official_ct_f_step_ratio_from_parts": from_parts("official_ct_f")}

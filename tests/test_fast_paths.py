@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -157,20 +158,19 @@ def draw_masks(named, p, seed, steps=2, grad=None):
 
 
 def test_f_draw_is_the_documented_rule():
-    """Pins the quantisation: per chunk, 64-bit words from the masker's generator, read as
-    uniform signed 32-bit integers s; an entry is kept iff s < round(p * 2**32) - 2**31."""
+    """Pins the stream and the quantisation: tensor after tensor, 64-bit words from SFC64(seed)
+    read as uniform signed 32-bit integers s, entry i from half i % 2 of word i // 2; an entry
+    is kept iff s < round(p * 2**32) - 2**31. The expectation is drawn per tensor, not per
+    chunk, so it also pins that chunking never changes the masks."""
     p, seed = 0.3, 11
     named = shapes_model([(3000, 50), (7,), (1, 1)])
+    assert named[0][1].numel() > 2 * M._CHUNK  # several chunks, and a short last one
     _, (step,) = draw_masks(named, p, seed, steps=1)
-    g = torch.Generator().manual_seed(seed)
+    bits = np.random.SFC64(seed)
     threshold = round(p * 2 ** 32)
     for (_, q), got in zip(named, step):
-        expected = []
-        for start in range(0, q.numel(), M._CHUNK):
-            m = min(M._CHUNK, q.numel() - start)
-            words = torch.empty((m + 1) // 2, dtype=torch.int64).random_(-2 ** 63, None, generator=g)
-            expected.append(words.view(torch.int32)[:m] < threshold - 2 ** 31)
-        expected = torch.cat(expected).view(q.shape)
+        halves = bits.random_raw((q.numel() + 1) // 2).view(np.int32)[:q.numel()]
+        expected = torch.from_numpy(halves < threshold - 2 ** 31).view(q.shape)
         assert torch.equal(got != 0, expected)
 
 
