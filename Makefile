@@ -33,10 +33,10 @@ run: $(STAMP)
 # Status without running: python -m childtune.plan protocol=cpu (see experiments/README.md).
 reproduce: $(STAMP)
 	$(BIN)/python -m childtune.plan protocol=$(PROTOCOL) launch=true launcher='$(LAUNCHER)'
-	$(BIN)/python -m childtune.aggregate
+	$(BIN)/python -m childtune.aggregate readme=README.md
 
 reproduce-tables: $(STAMP)
-	$(BIN)/python -m childtune.aggregate
+	$(BIN)/python -m childtune.aggregate readme=README.md
 
 # Speed of the Child-Tuning fast paths, side by side (benchmarks/README.md); writes
 # benchmarks/latest.json. bench-quick: the same keys with fewer repeats.

@@ -224,3 +224,29 @@ def test_runs_frame_has_one_row_per_record(tmp_path, small_plan):
     assert len(frame) == 11 and set(frame["status"]) == {"success"}
     cell = frame[(frame["task"] == "rte") & (frame["variant"] == "vanilla")]
     assert sorted(cell["headline"]) == [0.60, 0.62, 0.64]
+
+
+def test_readme_table_blocks_are_rebuilt_from_the_records(tmp_path, small_plan):
+    _write(tmp_path / "results", small_plan, skip={("rte", "child_tuning_d", 3)})
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- table: main protocol cpu -->\nstale 99.99\n<!-- /table -->\n"
+                      "middle\n<!-- table: nosuch protocol cpu -->\nkept\n<!-- /table -->\nend\n")
+    aggregate.run([f"results_dir={tmp_path / 'results'}", "figures=false", f"readme={readme}"])
+    text = readme.read_text()
+    section = (tmp_path / "results" / "tables" / "main.md").read_text()
+    block = text.split("<!-- table: main protocol cpu -->\n")[1].split("<!-- /table -->")[0]
+    assert "stale" not in block and "64.50 ± 2.12 (2/3)†" in block
+    assert "records: 11 of 12 planned runs" in block and block.strip().splitlines()[-1] in section
+    assert text.startswith("intro\n") and "middle\n" in text and text.endswith("end\n")
+    assert "<!-- table: nosuch protocol cpu -->\nkept\n<!-- /table -->" in text  # left as is
+    before = readme.read_text()
+    aggregate.run([f"results_dir={tmp_path / 'results'}", "figures=false", f"readme={readme}"])
+    assert readme.read_text() == before   # idempotent
+
+
+def test_a_missing_readme_is_one_error_line(tmp_path, small_plan, capsys):
+    _write(tmp_path, small_plan)
+    with pytest.raises(SystemExit):
+        aggregate.main([f"results_dir={tmp_path}", "figures=false",
+                        f"readme={tmp_path / 'nope.md'}"])
+    assert capsys.readouterr().err.strip().startswith("error: readme=")

@@ -1,15 +1,18 @@
 """Rebuild every study's tables and figures from the run records alone.
 
     python -m childtune.aggregate [results_dir=results] [reference=reference/paper.yaml]
-                                  [figures=true]
+                                  [figures=true] [readme=README.md]
 
 Reads the records under <results_dir>/runs and the plans under <results_dir>/plans (plan.py:
 each multirun saves its plan; records of a study that no saved plan names get the study's
 default plan, composed once and saved). Writes <results_dir>/tables/<study>.md, .csv and .tex
 (one section per plan that has records) and <results_dir>/figures/*.png, and prints where.
+With readme=<file>, the `<!-- table: <study> <label> -->` blocks of that markdown file are
+refreshed from the same tables (`make reproduce-tables` does this for README.md).
 Never imports torch or the training code."""
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,6 +21,7 @@ import pandas as pd
 
 from . import plan as plans_mod
 from . import records, tables
+from .atomic import atomic_file
 from .errors import UserError
 from .plan import Plan
 
@@ -134,7 +138,10 @@ def _section(plan: Plan, label: str, recs: dict, reference: list[dict], referenc
 
 
 def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
-                 reference: list[dict], reference_path: str, out_dir: Path) -> tuple[list, list]:
+                 reference: list[dict], reference_path: str, out_dir: Path,
+                 blocks: dict[str, str] | None = None) -> tuple[list, list]:
+    """Writes the study's tables; `blocks` receives each section's body (without its heading
+    and launch line) under "<study> <label>", for README blocks (refresh_readme)."""
     import pandas as pd
 
     md = [f"# {study}", "", "Rebuilt from the run records by `python -m childtune.aggregate`; "
@@ -143,6 +150,8 @@ def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
     for plan in chosen:
         part_md, part_tex, csv, obs = _section(plan, labels[plan.name], recs, reference,
                                                reference_path)
+        if blocks is not None:
+            blocks[f"{study} {labels[plan.name]}"] = "\n".join(part_md[3:]).strip()
         md += part_md
         tex += part_tex
         frames.append(csv)
@@ -156,8 +165,38 @@ def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
     return paths, observations
 
 
+BLOCK = re.compile(r"(<!-- table: (?P<name>[^>]+?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def refresh_readme(path: Path, blocks: dict[str, str]) -> tuple[list[str], list[str]]:
+    """Replaces the body of each `<!-- table: <study> <label> -->` ... `<!-- /table -->` block
+    of a markdown file with that table section as just rebuilt, so the numbers a README shows
+    are the records' own. Returns (names refreshed, names with no such table: left as they
+    are)."""
+    if not path.is_file():
+        raise UserError(f"readme={path}: no such file")
+    text = path.read_text()
+    done, unknown = [], []
+
+    def body(match: re.Match) -> str:
+        name = match["name"].strip()
+        if name not in blocks:
+            unknown.append(name)
+            return match[0]
+        done.append(name)
+        note = "<!-- rebuilt by python -m childtune.aggregate from results/; do not edit -->"
+        return f"{match[1]}{note}\n\n{blocks[name]}\n\n{match[4]}"
+
+    new = BLOCK.sub(body, text)
+    if new != text:
+        with atomic_file(path, "w") as f:
+            f.write(new)
+    return done, unknown
+
+
 def _options(argv: list[str]) -> dict:
-    options = {"results_dir": "results", "reference": str(DEFAULT_REFERENCE), "figures": "true"}
+    options = {"results_dir": "results", "reference": str(DEFAULT_REFERENCE), "figures": "true",
+               "readme": ""}
     for arg in argv:
         key, sep, value = arg.partition("=")
         if not sep or key not in options:
@@ -178,13 +217,17 @@ def run(argv: list[str]) -> None:
     slugs = _slugs(chosen)
     labels = {name: f"protocol {slug}" for name, slug in slugs.items()}
     planned = {key for p in chosen for r in p.runs for key in (r["path"], _failure_key(r["path"]))}
-    observations = []
+    observations, blocks = [], {}
     for study in dict.fromkeys(p.study for p in chosen):
         paths, obs = write_tables(study, [p for p in chosen if p.study == study], labels, recs,
                                   reference, _shown(options["reference"]),
-                                  results_dir / "tables")
+                                  results_dir / "tables", blocks)
         observations += obs
         print(f"{study}: wrote {', '.join(str(p) for p in paths)}")
+    if options["readme"]:
+        done, unknown = refresh_readme(Path(options["readme"]), blocks)
+        print(f"{options['readme']}: refreshed table blocks {', '.join(done) or '(none)'}"
+              + (f"; no such table for {', '.join(unknown)} (left as is)" if unknown else ""))
     if options["figures"] == "true":
         from . import figures
 
