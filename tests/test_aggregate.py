@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from childtune import aggregate, plan, records
+from childtune import aggregate, plan, records, tables
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # Headline values (fractions) per (task, variant) for seeds 1, 2, 3.
@@ -27,28 +27,30 @@ def small_plan():
     return plan.make_plan(LAUNCH)
 
 
-def _write(results_dir: Path, small_plan, skip=()):
+def _write(results_dir: Path, small_plan, skip=(), values=VALUES, row_key="variant"):
+    """A record per planned run but those in `skip`, with values[(task, row)][seed - 1]; the
+    row is the run's variant, or its method with row_key="method"."""
     for run in small_plan.runs:
         ident = run["identity"]
-        key = (ident["task"], ident["variant"])
+        key = (ident["task"], {**ident, **run["overrides"]}[row_key])
         if (*key, ident["seed"]) in skip:
             continue
-        value = VALUES[key][ident["seed"] - 1]
+        value = values[key][ident["seed"] - 1]
         records.write_record(results_dir, {
             "status": "success", "identity": ident,
-            "config": {"study": "main", "protocol": {"name": "cpu"}},
+            "config": {"study": small_plan.study, "protocol": {"name": "cpu"}},
             "headline": {"metric": "accuracy", "split": "dev", "value": value},
             "metrics": {"dev": {"accuracy": value}}})
     plan.write_manifest(results_dir, small_plan)
 
 
-def _aggregate(results_dir: Path, reference: Path | None = None):
+def _aggregate(results_dir: Path, reference: Path | None = None, study: str = "main"):
     args = [f"results_dir={results_dir}", "figures=false"]
     if reference is not None:
         args.append(f"reference={reference}")
     aggregate.run(args)
-    stats = pd.read_csv(results_dir / "tables" / "main.csv")
-    markdown = (results_dir / "tables" / "main.md").read_text()
+    stats = pd.read_csv(results_dir / "tables" / f"{study}.csv")
+    markdown = (results_dir / "tables" / f"{study}.md").read_text()
     return stats.set_index(["row", "column"]), markdown
 
 
@@ -89,6 +91,44 @@ def test_statistics_match_hand_computation(tmp_path, small_plan):
     assert "| vanilla | 62.00 ± 2.00 (3) | 80.00 ± 2.00 (3) | 71.00 ± 1.00 (3) |" in markdown
     assert "+3.00 (p=0.0351)" in markdown
     assert "†" not in markdown.split("## ")[1]
+
+
+# combinations: vanilla, mixout and mixout + CT_D on RTE, seeds 1, 2, 3.
+COMBINED = {("rte", "vanilla"): [0.60, 0.62, 0.64], ("rte", "mixout"): [0.58, 0.63, 0.60],
+            ("rte", "mixout_ct_d"): [0.64, 0.66, 0.66]}
+
+
+@pytest.fixture(scope="module")
+def combined_plan():
+    return plan.make_plan(["experiment=combinations", "protocol=cpu", "model=tiny", "task=rte",
+                           "method=vanilla,mixout,mixout_ct_d", "seed=1,2,3"])
+
+
+def _without_ct_d_section(markdown: str) -> list[str]:
+    lines = markdown.split("Δ vs the method without CT_D")[1].splitlines()
+    return [line for line in lines if line.startswith("| mixout_ct_d |")]
+
+
+def test_a_method_with_ct_d_is_compared_with_the_method_paired_by_seed(tmp_path, combined_plan):
+    _write(tmp_path, combined_plan, values=COMBINED, row_key="method")
+    stats, markdown = _aggregate(tmp_path, study="combinations")
+    # mixout_ct_d 64, 66, 66 vs mixout 58, 63, 60: differences 6, 3, 6 (t = 5, 2 df);
+    # against vanilla 60, 62, 64 (the usual Δ grid): 4, 4, 2.
+    assert stats.loc[("mixout_ct_d", "rte"), "delta"] == pytest.approx(10 / 3)
+    obs = tables.observations(combined_plan, {r["path"]: r for r in records.read_records(tmp_path)})
+    versus = tables.delta_versus(obs, "", "mixout_ct_d", "mixout", "rte")
+    assert versus["delta"] == pytest.approx(5.0) and versus["n_pairs"] == 3
+    assert versus["p_ttest_rel"] == pytest.approx(_p_two_sided_df2(5.0), rel=1e-6)
+    assert _without_ct_d_section(markdown) == ["| mixout_ct_d | +5.00 (p=0.0377) | +5.00 (p=0.0377) |"]
+    assert "(each `<method>_ct_d` row against `<method>`" in markdown
+
+
+def test_the_method_without_ct_d_pairs_only_the_seeds_both_have(tmp_path, combined_plan):
+    _write(tmp_path, combined_plan, values=COMBINED, row_key="method",
+           skip={("rte", "mixout", 2)})
+    _, markdown = _aggregate(tmp_path, study="combinations")
+    # seeds 1 and 3: differences 6, 6 (no spread: no test)
+    assert _without_ct_d_section(markdown) == ["| mixout_ct_d | +6.00 (p=n/a)† | +6.00 (p=n/a)† |"]
 
 
 def test_missing_runs_are_flagged_never_averaged_silently(tmp_path, small_plan):

@@ -1,4 +1,5 @@
-"""The prior fine-tuning methods (regularizers and the top_k variant) on the tiny model."""
+"""The prior fine-tuning methods (regularizers, the top_k variant and CT_D within the top k
+layers) on the tiny model."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from omegaconf import OmegaConf
 
 from childtune import loop, masks, optim, regularizers, variants
 from childtune.errors import UserError
-from childtune.fisher import default_loss
+from childtune.fisher import default_loss, fisher_information
 from childtune.records import config_hash
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -285,6 +286,102 @@ def test_top_k_rejects_more_layers_than_the_model_has():
     assert masks.top_layers_mask(tiny_model(), 2)["bert.encoder.layer.0.output.dense.weight"].all()
 
 
+# ---------------------------------------------------------------- CT_D within the top k layers
+
+CT_D = {"mask": "fisher_top", "p": 0.3, "scope": "layers", "fisher_seed": None,
+        "fisher_recipe": "official", "decay_frozen": False}
+
+
+def ct_d_child(model, cache_dir=None, **variant):
+    return variants.build({**CT_D, **variant}, model, fisher_loader=lambda _: batches(),
+                          max_grad_norm=1.0, seed=1, cache_dir=cache_dir, cache_parts={})
+
+
+def top_p_of_fisher(model, names):
+    """CT_D's mask chosen among `names` alone, from the Fisher pass build() makes (seed 1)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        fisher = fisher_information(model, batches(), masks.encoder_layer_names(model),
+                                    max_grad_norm=1.0)
+    return masks.top_p_mask({n: fisher[n] for n in names}, 0.3)
+
+
+def test_ct_d_with_k_selects_its_mask_within_the_top_layers_only():
+    model = tiny_model()
+    child = ct_d_child(model, k=1)
+    top = masks.scope_names(model, "layers", 1)
+    assert top and all(".layer.1." in n for n in top)
+    assert top == [n for n in masks.encoder_layer_names(model) if ".layer.1." in n]
+    frozen = [n for n in child.masks if n.startswith("bert.embeddings.") or ".layer.0." in n]
+    whole = [n for n in child.masks if n.startswith(("bert.pooler.", "classifier."))]
+    assert frozen and whole and set(child.masks) == set(frozen) | set(whole) | set(top)
+    assert not any(child.masks[n].any() for n in frozen)
+    assert all(child.masks[n].all() for n in whole)
+    n_top = sum(child.masks[n].numel() for n in top)
+    assert sum(int(child.masks[n].sum()) for n in top) == masks.kept_count(0.3, n_top)
+    expected = top_p_of_fisher(model, top)   # not the top-p of all layers cut to layer 1
+    assert all(torch.equal(child.masks[n], expected[n]) for n in top)
+    assert child.info["k"] == 1 and child.info["statistics"]["per_layer"]["0"] == 0.0
+
+
+def test_ct_d_with_k_trains_nothing_outside_its_child_network():
+    model = tiny_model()
+    start = state(model)
+    child = ct_d_child(model, k=1)
+    train(model, regularizer("none", model), batches(), masker=child.masker)
+    now = state(model)
+    for name, mask in child.masks.items():
+        assert torch.equal(now[name][~mask], start[name][~mask]), name
+    assert not torch.equal(now["classifier.weight"], start["classifier.weight"])
+
+
+def test_ct_d_without_k_keeps_its_mask_and_cache_key(tmp_path):
+    model = tiny_model()
+    plain = ct_d_child(model, tmp_path / "a")
+    explicit_null = ct_d_child(model, tmp_path / "b", k=None)
+    expected = top_p_of_fisher(model, masks.encoder_layer_names(model))
+    for child in (plain, explicit_null):
+        assert child.masks.keys() == expected.keys()
+        assert all(torch.equal(child.masks[n], expected[n]) for n in expected)
+        assert "k" not in child.info
+    before_k = {"seed": 1, "max_grad_norm": 1.0, **{key: CT_D[key] for key in (
+        "mask", "p", "scope", "fisher_seed", "fisher_recipe")}}  # the key's parts before k
+    assert explicit_null.info["cache_key"] == plain.info["cache_key"] \
+        == variants._cache_key(before_k)
+    assert ct_d_child(model, tmp_path / "c", k=2).info["cache_key"] != plain.info["cache_key"]
+    reused = ct_d_child(model, tmp_path / "a")
+    assert reused.info["source"] == "reused" and reused.info["cache_key"] == plain.info["cache_key"]
+
+
+def test_ct_d_with_k_from_the_cache_is_the_computed_mask(tmp_path):
+    model = tiny_model()
+    computed, reused = (ct_d_child(model, tmp_path, k=1) for _ in range(2))
+    assert (computed.info["source"], reused.info["source"]) == ("computed", "reused")
+    assert computed.masks.keys() == reused.masks.keys()
+    assert all(torch.equal(computed.masks[n], reused.masks[n]) for n in computed.masks)
+
+
+@pytest.mark.parametrize("variant, message", [
+    ({**CT_D, "k": 0}, "variant.k must be a positive number"),
+    ({**CT_D, "k": True}, "variant.k must be a positive number"),
+    ({**CT_D, "k": 1, "prune": True}, "variant.prune=true"),
+    ({"mask": "bernoulli", "p": 0.3, "scope": "all", "k": 1}, "variant.k applies to the fixed"),
+    ({"mask": "none", "k": 1}, "variant.k applies to the fixed"),
+])
+def test_bad_k_fails_before_the_model_is_loaded(variant, message):
+    with pytest.raises(UserError, match=message):
+        variants.check_variant(variant)
+
+
+def test_ct_d_with_more_layers_than_the_model_fails_before_the_fisher_pass():
+    def no_fisher_pass(_):
+        raise AssertionError("the Fisher pass ran")
+
+    with pytest.raises(UserError, match="variant.k=3 must be between 1 and the model.s 2"):
+        variants.build({**CT_D, "k": 3}, tiny_model(), fisher_loader=no_fisher_pass,
+                       max_grad_norm=1.0, seed=1, cache_dir=None, cache_parts={})
+
+
 # ---------------------------------------------------------------- configuration
 
 @pytest.mark.parametrize("regularizer_cfg, trainer, message", [
@@ -350,3 +447,14 @@ def test_top_k_runs_through_the_entrypoint_with_a_regularizer(rte_dir, tmp_path)
     assert record["mask"]["kind"] == "top_layers" and record["mask"]["k"] == 1
     assert record["regularizer"]["name"] == "mixout"
     assert record["identity"]["variant"] == "top_k"
+
+
+def test_top_k_with_ct_d_runs_through_the_entrypoint(rte_dir, tmp_path):
+    record = run_entrypoint(rte_dir, tmp_path, "method=top_k_ct_d", "variant.k=1")
+    assert record["identity"]["variant"] == "child_tuning_d_top_k"
+    assert record["identity"]["regularizer"] == "none"
+    assert record["mask"]["kind"] == "fisher_top" and record["mask"]["k"] == 1
+    assert record["mask"]["source"] == "computed"
+    per_layer = record["mask"]["statistics"]["per_layer"]
+    assert per_layer["0"] == 0.0 and per_layer["1"] == pytest.approx(0.3, abs=1e-4)
+    assert record["config"]["variant"]["decay_frozen"] is False

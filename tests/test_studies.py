@@ -16,7 +16,7 @@ EXPECTED = {
     ("domain_transfer", "cpu"): 2 * 3 * 5, ("domain_transfer", "paper"): 1 * 3 * 10,
     ("task_transfer", "cpu"): 3 * 3 * 5, ("task_transfer", "paper"): 3 * 3 * 10,
     ("prior_methods", "cpu"): 4 * 8 * 5, ("prior_methods", "paper"): 4 * 8 * 10,
-    ("combinations", "cpu"): 4 * 2 * 5 * 5, ("combinations", "paper"): 4 * 2 * 5 * 10,
+    ("combinations", "cpu"): 4 * 12 * 5, ("combinations", "paper"): 4 * 12 * 10,
 }
 
 
@@ -85,6 +85,32 @@ def test_a_task_transfer_run_starts_from_a_main_run():
         "experiment=main", "protocol=cpu", "task=rte", "variant=vanilla", "seed=1")))
 
 
+COMBINATION_PAIRS = [("pretrained_decay", "child_tuning_d", "pretrained_decay"),
+                     ("top_k", "child_tuning_d_top_k", "none"),
+                     ("mixout", "child_tuning_d", "mixout"),
+                     ("recadam", "child_tuning_d", "recadam"),
+                     ("r3f", "child_tuning_d", "r3f")]
+
+
+def test_combinations_has_a_row_per_method_each_next_to_its_ct_d_row():
+    planned = plan.make_plan(["experiment=combinations", "protocol=cpu"])
+    methods = list(dict.fromkeys(r["overrides"]["method"] for r in planned.runs))
+    assert methods == ["vanilla", "child_tuning_d", *(m for method, *_ in COMBINATION_PAIRS
+                                                       for m in (method, f"{method}_ct_d"))]
+    assert len(planned.runs) == 12 * 4 * 5 == len({r["path"] for r in planned.runs})
+    assert planned.swept == ["seed", "task", "method"]
+    made_by = {(r["overrides"]["method"], r["identity"]["task"], r["identity"]["seed"]):
+               (r["identity"]["variant"], r["identity"]["regularizer"], r["path"])
+               for r in planned.runs}
+    for method, variant, regularizer in COMBINATION_PAIRS:
+        assert made_by[(f"{method}_ct_d", "rte", 1)][:2] == (variant, regularizer)
+    # A method + CT_D run is the run `variant=child_tuning_d regularizer=X` has always named.
+    old = records.record_path("", _identity("experiment=combinations", "protocol=cpu",
+                                            "task=rte", "seed=1", "variant=child_tuning_d",
+                                            "regularizer=mixout"))
+    assert made_by[("mixout_ct_d", "rte", 1)][2] == str(old)
+
+
 # Hashes of records the CPU sweep wrote before the transfer options and plans existed.
 EXISTING = [("2e-05", "05966e7a4c"), ("5e-05", "5b9a48a281"), ("0.0001", "de3ebc340b")]
 
@@ -93,6 +119,18 @@ EXISTING = [("2e-05", "05966e7a4c"), ("5e-05", "5b9a48a281"), ("0.0001", "de3ebc
 def test_existing_runs_keep_their_identity(lr, config_hash):
     ident = _identity("seed=100", "task=cola", "variant=vanilla", f"trainer.lr={lr}",
                       "experiment=lr_grid", "protocol=cpu")
+    assert ident["config_hash"] == config_hash
+
+
+# Hashes of the CPU sweep's CT_D records (main), written before variant.k existed.
+EXISTING_CT_D = [("cola", "4494756525"), ("rte", "4e44843852"), ("mrpc", "f6b3aa0a17"),
+                 ("stsb", "8ad502aeb7")]
+
+
+@pytest.mark.parametrize("task,config_hash", EXISTING_CT_D)
+def test_existing_ct_d_runs_keep_their_identity(task, config_hash):
+    ident = _identity("seed=1", f"task={task}", "variant=child_tuning_d", "experiment=main",
+                      "protocol=cpu")
     assert ident["config_hash"] == config_hash
 
 

@@ -34,6 +34,13 @@ METHOD = ("Scores x100: each task's headline metric (the record's `headline`; a 
           "vanilla row (paired by seed); p = two-sided paired t-test, scipy.stats.ttest_rel "
           "(Wilcoxon signed-rank p in the CSV).")
 
+# The Δ grids of tables.grids: (key, heading, tex caption).
+DELTA_GRIDS = (
+    ("delta", "Δ vs vanilla (p: paired t-test over seeds):", "difference to vanilla (p)."),
+    ("without_ct_d", "Δ vs the method without CT_D (each `<method>_ct_d` row against "
+     "`<method>`, paired by seed; p: paired t-test over seeds):",
+     "difference to the method without CT_D (p)."))
+
 
 def load_reference(path) -> list[dict]:
     import yaml
@@ -120,10 +127,10 @@ def _section(plan: Plan, label: str, recs: dict, reference: list[dict], referenc
             md += [f"### {grid['panel']}", ""]
         md += [tables.markdown_table(grid["score"]), ""]
         tex.append(tables.tex_table(grid["score"], f"{title}: mean $\\pm$ std (n)."))
-        if grid["delta"]:
-            md += ["Δ vs vanilla (p: paired t-test over seeds):", "",
-                   tables.markdown_table(grid["delta"]), ""]
-            tex.append(tables.tex_table(grid["delta"], f"{title}: difference to vanilla (p)."))
+        for key, heading, caption in DELTA_GRIDS:
+            if grid[key]:
+                md += [heading, "", tables.markdown_table(grid[key]), ""]
+                tex.append(tables.tex_table(grid[key], f"{title}: {caption}"))
     entries = tables.paper_entries(reference, plan.study, set(obs["model"]))
     if entries:
         md += [f"Paper's reported numbers for this study ({reference_path}; not our runs):", ""]

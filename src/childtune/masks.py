@@ -31,12 +31,19 @@ def encoder_layer_names(model: torch.nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and "layer" in n]
 
 
-def scope_names(model: torch.nn.Module, scope: str) -> list[str]:
+def scope_names(model: torch.nn.Module, scope: str, k: int | None = None) -> list[str]:
+    """The parameters a mask is selected among; with `k`, only those inside the top k encoder
+    layers (Top-K tuning's trained layers)."""
     if scope == "layers":
-        return encoder_layer_names(model)
-    if scope == "all":
-        return [n for n, p in model.named_parameters() if p.requires_grad]
-    raise ValueError(f"scope must be 'layers' or 'all', got {scope!r}")
+        names = encoder_layer_names(model)
+    elif scope == "all":
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+    else:
+        raise ValueError(f"scope must be 'layers' or 'all', got {scope!r}")
+    if k is None:
+        return names
+    first = first_top_layer(model, k)
+    return [n for n in names if (index := layer_index(n)) is not None and index >= first]
 
 
 # ---------------------------------------------------------------- selecting child networks
@@ -222,19 +229,26 @@ def top_layers_mask(model: torch.nn.Module, k: int) -> dict[str, torch.Tensor]:
     (everything outside the backbone) are kept whole; the embeddings and the lower layers are
     frozen. Covers every trainable parameter."""
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    layers = {layer_index(n) for n in encoder_layer_names(model)} - {None}
-    if not 0 < k <= len(layers):
-        raise ValueError(f"k={k} must be between 1 and the model's {len(layers)} encoder layers")
+    first = first_top_layer(model, k)
     backbone = f"{getattr(model, 'base_model_prefix', '')}."
 
     def kept(name: str) -> bool:
         index = layer_index(name)
         if index is not None:
-            return index >= len(layers) - k
+            return index >= first
         return not name.startswith(backbone) or "pooler" in name
 
     params = dict(model.named_parameters())
     return {n: torch.full_like(params[n], kept(n), dtype=torch.bool) for n in names}
+
+
+def first_top_layer(model: torch.nn.Module, k: int) -> int:
+    """The index of the lowest of the model's top k encoder layers; a ValueError unless
+    0 < k <= the number of layers."""
+    n_layers = len({layer_index(n) for n in encoder_layer_names(model)} - {None})
+    if not 0 < k <= n_layers:
+        raise ValueError(f"k={k} must be between 1 and the model's {n_layers} encoder layers")
+    return n_layers - k
 
 
 @torch.no_grad()

@@ -11,7 +11,9 @@ all of them.
 
 Δ vs vanilla: the mean of the per-seed differences (paired by seed) against the vanilla row of
 the same panel; p-value: two-sided paired t-test, scipy.stats.ttest_rel; the Wilcoxon
-signed-rank test (scipy.stats.wilcoxon) is the secondary test, in the CSV.
+signed-rank test (scipy.stats.wilcoxon) is the secondary test, in the CSV. Rows of a method
+combined with CT_D (`<method>_ct_d`, the combinations study) also get the same Δ against the
+method without CT_D (`<method>`), in a grid of their own.
 
 Paper numbers come from the reference file only and stay in columns named "paper ..."."""
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pandas as pd
 from .plan import TASK_KEYS, Plan
 
 BASELINE = "vanilla"
+WITH_CT_D = "_ct_d"   # the combinations study's row of <method> combined with CT_D: <method>_ct_d
 BEFORE_PRUNE = "prune (before pruning)"
 DAGGER = "†"
 SHORT = {"variant.p": "p", "trainer.lr": "lr"}
@@ -166,14 +169,21 @@ def summarize(obs: pd.DataFrame) -> pd.DataFrame:
 
 def delta_versus(obs: pd.DataFrame, panel: str, row: str, versus_variant: str,
                  column: str) -> dict | None:
-    """Δ of a row against another variant's row (for the paper's deltas against CT_D)."""
+    """Δ of a row against another variant's row (for the paper's deltas against CT_D, and of
+    each `<method>_ct_d` row against `<method>`); complete when both rows have every seed."""
     series = _series(obs[obs["panel"] == panel])
     extras = obs.loc[obs["row"] == row, "extras"].iloc[0]
     base = series.get((panel, f"{versus_variant} {extras}".strip(), column))
     values = series.get((panel, row, column))
     if base is None or values is None:
         return None
-    return _paired(values, base)
+    return {**_paired(values, base),
+            "complete": bool(values.notna().all() and base.notna().all())}
+
+
+def without_ct_d(variant: str) -> str | None:
+    """The row a `<method>_ct_d` row is compared with: `<method>` (None for other rows)."""
+    return variant.removesuffix(WITH_CT_D) if variant.endswith(WITH_CT_D) else None
 
 
 # ---------------------------------------------------------------- paper numbers
@@ -232,9 +242,11 @@ def _grid(header: list[str], rows: list[list[str]]) -> dict:
 
 
 def grids(stats: pd.DataFrame, obs: pd.DataFrame, reference: list[dict]) -> list[dict]:
-    """Per panel: the score grid and the Δ grid (header + rows of strings), renderer-neutral.
-    Paper numbers get columns of their own: "paper <column>" and "paper Δ <column>", and,
-    where the paper's Δ is against another variant than vanilla, ours against that variant."""
+    """Per panel: the score grid, the Δ grid and, for `<method>_ct_d` rows, the grid of their Δ
+    against `<method>` (header + rows of strings, renderer-neutral; None when there are no such
+    rows). Paper numbers get columns of their own: "paper <column>" and "paper Δ <column>",
+    and, where the paper's Δ is against another variant than vanilla, ours against that
+    variant."""
     models = set(obs["model"])
     entries = paper_entries(reference, obs["study"].iloc[0], models)
     out = []
@@ -261,8 +273,19 @@ def grids(stats: pd.DataFrame, obs: pd.DataFrame, reference: list[dict]) -> list
                         *_paper_cells(deltas, r, delta_cols, models),
                         *(_versus_text(obs, panel, r, versus.get((r, c)), c) for c in other)]
                        for r in delta_rows])
-        out.append({"panel": panel, "score": score, "delta": delta if delta_rows else None})
+        out.append({"panel": panel, "score": score, "delta": delta if delta_rows else None,
+                    "without_ct_d": _without_ct_d_grid(obs, panel, part, columns)})
     return out
+
+
+def _without_ct_d_grid(obs: pd.DataFrame, panel: str, part: pd.DataFrame,
+                       columns: list[str]) -> dict | None:
+    pairs = {r: without_ct_d(v) for r, v in zip(part["row"], part["variant"]) if without_ct_d(v)}
+    if not pairs:
+        return None
+    return _grid(["variant", *columns],
+                 [[r, *(delta_text(delta_versus(obs, panel, r, base, c) or {"n_pairs": 0})
+                        for c in columns)] for r, base in pairs.items()])
 
 
 def _versus_text(obs: pd.DataFrame, panel: str, row: str, versus: str | None, column: str):

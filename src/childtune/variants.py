@@ -3,11 +3,16 @@
     vanilla         no mask
     child_tuning_f  Bernoulli(p) per step, kept gradients x 1/p       (scope: all by default)
     child_tuning_d  fixed top-p Fisher mask, no rescale               (scope: encoder layers)
+    child_tuning_d_top_k  Top-K tuning with CT_D inside: the top-p Fisher mask of the top k
+                    encoder layers alone (variant.k); pooler and head whole, the rest frozen
     random_mask     fixed random mask of the same size and scope as D
     lowest_fisher   fixed bottom-p Fisher mask
     top_k           fixed: only the top k encoder layers, the pooler and the head are trained
     prune           trained as D, then non-child weights zeroed before a second evaluation
 
+`variant.k` (null: all layers) limits the fixed masks of D, random and lowest to the top k
+encoder layers: the mask is selected among the in-scope parameters of those layers, and the
+rest is top_k's child network (pooler and head whole, embeddings and lower layers frozen).
 Fixed masks are cached under a key of everything they depend on and reused."""
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from .errors import UserError
 from .fisher import fisher_information
 
 MASK_KINDS = ("none", "bernoulli", "fisher_top", "fisher_bottom", "random", "top_layers")
+LAYER_LIMITED = ("fisher_top", "fisher_bottom", "random", "top_layers")  # kinds taking variant.k
 FISHER_RECIPES = ("official",)
 
 
@@ -35,12 +41,9 @@ def check_variant(variant: dict) -> None:
     kind = variant.get("mask")
     if kind not in MASK_KINDS:
         raise UserError(f"variant.mask must be one of {', '.join(MASK_KINDS)}, got {kind!r}")
-    if kind == "none":
-        return
-    if kind == "top_layers":
-        k = variant.get("k")
-        if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-            raise UserError(f"variant.k must be a positive number of layers, got {k!r}")
+    if kind == "top_layers" or variant.get("k") is not None:
+        _check_k(variant)
+    if kind in ("none", "top_layers"):
         return
     p = variant.get("p")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) \
@@ -53,6 +56,20 @@ def check_variant(variant: dict) -> None:
                         "prune); CT_F masks change every step")
     if kind.startswith("fisher") and variant.get("fisher_recipe") not in FISHER_RECIPES:
         raise UserError(f"variant.fisher_recipe must be one of {FISHER_RECIPES}")
+
+
+def _check_k(variant: dict) -> None:
+    """variant.k: the top encoder layers trained (top_layers) or a fixed mask is chosen within.
+    Whether the model has that many layers is checked when it is loaded (build)."""
+    kind, k = variant["mask"], variant.get("k")
+    if kind not in LAYER_LIMITED:
+        raise UserError(f"variant.k applies to the fixed masks ({', '.join(LAYER_LIMITED)}), "
+                        f"not to mask={kind}")
+    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
+        raise UserError(f"variant.k must be a positive number of layers, got {k!r}")
+    if variant.get("prune"):
+        raise UserError("variant.prune=true would zero the frozen embeddings and lower layers "
+                        "with variant.k; prune without k")
 
 
 @dataclass
@@ -105,7 +122,7 @@ def load_masks(path: Path, model=None) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progress):
-    names = M.scope_names(model, variant["scope"])
+    names = M.scope_names(model, variant["scope"], variant.get("k"))
     kind, p = variant["mask"], variant["p"]
     fisher_seed = variant.get("fisher_seed")
     fisher_seed = seed if fisher_seed is None else fisher_seed
@@ -158,12 +175,10 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
                  if n in set(M.scope_names(model, variant["scope"]))]
         return ChildNetwork(masker=M.ChildTuningF(named, variant["p"], seed=seed),
                             info={"kind": kind, "p": variant["p"], "scope": variant["scope"]})
+    # top_k's child network; with variant.k, the fixed mask below replaces its in-scope entries
+    top_layers = _top_layers(model, variant["k"]) if variant.get("k") is not None else {}
     if kind == "top_layers":
-        try:
-            masks = M.top_layers_mask(model, variant["k"])
-        except ValueError as exc:
-            raise UserError(f"variant.{exc}; pass a smaller variant.k") from None
-        return fixed_child(variant, model, masks, {"k": variant["k"]})
+        return fixed_child(variant, model, top_layers, {})
 
     key_parts = {**cache_parts, "seed": seed, "max_grad_norm": max_grad_norm,
                  **{k: variant.get(k) for k in ("mask", "p", "scope", "fisher_seed",
@@ -171,6 +186,8 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
     if kind == "random":
         key_parts = {k: key_parts[k] for k in ("model", "seed", "mask", "p", "scope",
                                               "fisher_seed")}
+    if variant.get("k") is not None:  # only when set: the keys of all-layer masks stay as they were
+        key_parts["k"] = variant["k"]
     key = _cache_key(key_parts)
     path = cache_dir / "masks" / f"{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
@@ -184,7 +201,14 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
         if path is not None:
             save_masks(path, masks, {"key_parts": key_parts, **summary})
         info = {"source": "computed", "fisher_seconds": 0.0, **summary}
-    return fixed_child(variant, model, masks, {**info, "cache_key": key})
+    return fixed_child(variant, model, {**top_layers, **masks}, {**info, "cache_key": key})
+
+
+def _top_layers(model, k: int) -> dict[str, torch.Tensor]:
+    try:
+        return M.top_layers_mask(model, k)
+    except ValueError as exc:
+        raise UserError(f"variant.{exc}; pass a smaller variant.k") from None
 
 
 def fixed_child(variant: dict, model, masks: dict[str, torch.Tensor], info: dict) -> ChildNetwork:
@@ -192,5 +216,6 @@ def fixed_child(variant: dict, model, masks: dict[str, torch.Tensor], info: dict
     masks."""
     masker = M.ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
     info.update({"kind": variant["mask"], "p": variant.get("p"), "scope": variant.get("scope"),
+                 **({"k": variant["k"]} if variant.get("k") is not None else {}),
                  "statistics": M.mask_statistics(masks, model)})
     return ChildNetwork(masker=masker, masks=masks, info=info)
