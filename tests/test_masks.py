@@ -260,3 +260,38 @@ def test_fused_adamw_is_an_option_and_masks_still_apply():
     for n, p in model.named_parameters():
         if n in masks:
             assert torch.equal(p[~masks[n]], initial[n][~masks[n]]), n
+
+
+@pytest.mark.parametrize("make,fills", [
+    (lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01), True),
+    (lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01, fused=True), True),
+    (lambda ps: torch.optim.AdamW(ps, lr=1e-3, weight_decay=0.01, amsgrad=True), True),
+    (lambda ps: torch.optim.Adam(ps, lr=1e-3), True),
+    (lambda ps: torch.optim.Adam(ps, lr=1e-3, weight_decay=0.01), False)],  # coupled decay
+    ids=["adamw", "adamw_fused", "adamw_amsgrad", "adam", "adam_coupled_decay"])
+def test_filling_frozen_second_moments_changes_no_parameter_bit(make, fills):
+    """The speed trick of ChildTuningD (frozen entries' exp_avg_sq set to the dtype's max)."""
+    def train(fill):
+        model = tiny_model()
+        masks = random_mask({n: p.shape for n, p in model.named_parameters()
+                             if n in encoder_layer_names(model)}, 0.3, 0)
+        opt = make(model.parameters())
+        ChildTuningD(model, masks).attach(opt, fill_frozen_moments=fill)
+        torch.manual_seed(123)
+        model.train()
+        for batch in random_batches(4, seed=1):
+            model(**batch).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        name = "bert.encoder.layer.0.intermediate.dense.weight"
+        v = opt.state[dict(model.named_parameters())[name]]["exp_avg_sq"]
+        return model, v[~masks[name]]
+
+    plain, v_plain = train(False)
+    filled, v_filled = train(True)
+    for (n, a), b in zip(plain.named_parameters(), filled.parameters()):
+        assert torch.equal(a, b), n
+    if fills:   # exp_avg stays exactly 0 on frozen entries: their moments were filled
+        assert (v_plain == 0).all() and (v_filled > 1e30).all()
+    else:       # a coupled decay moves exp_avg: nothing is changed
+        assert (v_plain > 0).any() and torch.equal(v_filled, v_plain)
