@@ -161,3 +161,18 @@ def test_a_saved_plan_is_reused_while_the_configs_are_unchanged(tmp_path, monkey
 def test_a_bad_study_is_one_clear_error():
     with pytest.raises(plan.UserError, match="cannot compose experiment=nope"):
         plan.make_plan(["experiment=nope", "protocol=cpu"])
+
+
+@pytest.mark.parametrize("model,k", [("tiny", 1), ("minilm", 3)])
+def test_every_combinations_method_passes_the_config_checks_on_each_model(model, k):
+    """top_k's k defaults to the model's `top_k` (tiny: 1 of its 2 layers), else 3, so the
+    combinations multirun runs unchanged on model=tiny."""
+    from childtune.train import check_config
+
+    combos = plan.make_plan(["experiment=combinations", f"model={model}", "task=rte", "seed=1"])
+    assert len(combos.runs) == 12
+    for run in combos.runs:
+        config = plan.resolved([f"{key}={value}" for key, value in run["overrides"].items()])
+        check_config(config)
+        if run["overrides"]["method"].startswith("top_k"):
+            assert config["variant"]["k"] == k

@@ -8,7 +8,7 @@
     random_mask     fixed random mask of the same size and scope as D
     lowest_fisher   fixed bottom-p Fisher mask
     top_k           fixed: only the top k encoder layers, the pooler and the head are trained
-    prune           trained as D, then non-child weights zeroed before a second evaluation
+    prune           D's trained model (kept by D's run, prune.py), non-child weights zeroed
 
 `variant.k` (null: all layers) limits the fixed masks of D, random and lowest to the top k
 encoder layers: the mask is selected among the in-scope parameters of those layers, and the
