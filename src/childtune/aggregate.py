@@ -91,8 +91,8 @@ def _slugs(plans: list[Plan]) -> dict[str, str]:
     counts: dict[tuple, int] = {}
     for p in plans:
         counts[(p.study, p.protocol)] = counts.get((p.study, p.protocol), 0) + 1
-    return {p.name: (f"{p.protocol}" if counts[(p.study, p.protocol)] == 1
-                     else f"{p.protocol}-{p.digest}") for p in plans}
+    return {p.name: (f"{p.protocol or 'none'}" if counts[(p.study, p.protocol)] == 1
+                     else f"{p.protocol or 'none'}-{p.digest}") for p in plans}
 
 
 def runs_frame(recs: list[dict]) -> pd.DataFrame:
