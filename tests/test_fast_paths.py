@@ -311,3 +311,40 @@ def test_fisher_is_bit_identical_to_the_per_tensor_reference_loop():
     torch.manual_seed(0)
     expected = reference_fisher(tiny_model(), random_batches(3), names, 1e-3)
     assert all(torch.equal(tight[n], expected[n]) for n in names)
+
+
+def test_f_on_a_gpu_draws_the_same_rule_on_the_device():
+    """The GPU path of CT_F, run here on CPU tensors: per tensor, 64-bit words from a torch
+    generator of the gradient's device seeded by the masker's seed, the same threshold and
+    the same float 1/p; the kept count is read back by keep_rate()."""
+    p, seed = 0.3, 5
+    named = shapes_model([(300, 70), (9,)])
+    masker = ChildTuningF(named, p, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    kept = 0
+    for _, q in named:
+        grad = torch.randn(q.shape)
+        expected_grad = grad.clone()
+        masker._apply_on_device(grad)
+        words = torch.empty((q.numel() + 1) // 2, dtype=torch.int64)
+        words.random_(-2 ** 63, None, generator=generator)
+        keep = (words.view(torch.int32)[:q.numel()] < round(p * 2 ** 32) - 2 ** 31).view(q.shape)
+        assert torch.equal(grad, expected_grad * (keep.float() * (1.0 / p)))
+        kept += int(keep.sum())
+    n = sum(q.numel() for _, q in named)
+    assert masker.seen == n and masker.keep_rate() == kept / n
+    assert abs(kept / n - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_d_on_a_gpu_gives_the_same_gradients_as_the_cpu_path():
+    """The GPU path of CT_D (one multiply by the bool mask) against the CPU chunked path, run
+    here on CPU tensors: the same values, signed zeros included."""
+    generator = torch.Generator().manual_seed(1)
+    for shape in [(300, 70), (9,)]:
+        mask = torch.rand(shape, generator=generator) < 0.3
+        grad = torch.randn(shape, generator=generator)
+        on_device, cpu = grad.clone(), grad.clone()
+        ChildTuningD._apply_on_device(on_device, mask)
+        M._multiply_in_chunks(cpu, torch.empty(M._CHUNK), lambda out, start:
+                              out.copy_(mask.view(-1)[start:start + out.numel()]))
+        assert torch.equal(on_device, cpu) and torch.equal(on_device.signbit(), cpu.signbit())

@@ -281,7 +281,7 @@ class _GradientMasker:
 
 
 def _multiply_in_chunks(grad: torch.Tensor, scratch: torch.Tensor, fill) -> None:
-    """grad *= m chunk by chunk, where `fill(out, start)` writes m[start:start+len(out)] into
+    """grad *= m chunk by chunk (CPU tensors), where `fill(out, start)` writes m[start:start+len(out)] into
     `out` (a slice of the cached scratch buffer). A plain float multiply per entry, so the
     result is bit-identical to multiplying by the whole mask tensor at once."""
     flat = grad.view(-1) if grad.is_contiguous() else grad.contiguous().view(-1)
@@ -289,7 +289,7 @@ def _multiply_in_chunks(grad: torch.Tensor, scratch: torch.Tensor, fill) -> None
         chunk = flat[start:start + _CHUNK]
         factor = scratch[:chunk.numel()]
         fill(factor, start)
-        chunk.mul_(factor if factor.device == chunk.device else factor.to(chunk.device))
+        chunk.mul_(factor)
     if flat.data_ptr() != grad.data_ptr():
         grad.copy_(flat.view(grad.shape))
 
@@ -318,7 +318,8 @@ class ChildTuningF(_GradientMasker):
         self.named = [(n, q) for n, q in named_params if q.requires_grad]
         self.params = [q for _, q in self.named]
         self.p = float(p)
-        self.bits = np.random.SFC64(seed)
+        self.seed = seed
+        self.bits = np.random.SFC64(seed)   # CPU gradients; others: _apply_on_device
         self.kept = 0
         self.seen = 0
         # A uniform s in [-2**31, 2**31) is below K - 2**31 with probability K / 2**32.
@@ -334,8 +335,10 @@ class ChildTuningF(_GradientMasker):
             if self.p >= 1.0:
                 self.kept += grad.numel()
                 self.seen += grad.numel()
-                continue
-            _multiply_in_chunks(grad, self._scratch(grad.dtype), self._draw)
+            elif grad.device.type == "cpu":
+                _multiply_in_chunks(grad, self._scratch(grad.dtype), self._draw)
+            else:
+                self._apply_on_device(grad)
 
     def _draw(self, out: torch.Tensor, start: int) -> None:
         """Fill `out` with a fresh mask times 1/p: 1/p where kept, 0 where masked."""
@@ -347,8 +350,27 @@ class ChildTuningF(_GradientMasker):
         self.seen += n
         out.mul_(self._scale)
 
+    def _apply_on_device(self, grad: torch.Tensor) -> None:
+        """Gradients on a GPU: the same rule, drawn on their device in one go per tensor, from
+        a torch generator of that device seeded by `seed` (Philox on CUDA). So GPU masks are a
+        different stream than CPU masks of the same seed, but the same on every rank (DDP).
+        The kept count stays on the device until `keep_rate()` (no sync per step)."""
+        generators = self.__dict__.setdefault("_device_generators", {})
+        if grad.device not in generators:
+            generators[grad.device] = torch.Generator(device=grad.device).manual_seed(self.seed)
+            self.__dict__.setdefault("_device_kept", {})[grad.device] = torch.zeros(
+                (), dtype=torch.int64, device=grad.device)
+        n = grad.numel()
+        words = torch.empty((n + 1) // 2, dtype=torch.int64, device=grad.device)
+        words.random_(-2 ** 63, None, generator=generators[grad.device])
+        keep = words.view(torch.int32)[:n].view(grad.shape) < self._threshold
+        self._device_kept[grad.device] += keep.sum()
+        self.seen += n
+        grad.mul_(keep.to(grad.dtype).mul_(self._scale))
+
     def keep_rate(self) -> float | None:
-        return self.kept / self.seen if self.seen else None
+        kept = self.kept + sum(int(k) for k in self.__dict__.get("_device_kept", {}).values())
+        return kept / self.seen if self.seen else None
 
 
 class ChildTuningD(_GradientMasker):
@@ -410,12 +432,21 @@ class ChildTuningD(_GradientMasker):
 
     @torch.no_grad()
     def apply(self) -> None:
-        for param, mask in zip(self.params, self._bytes):
-            if param.grad is not None:
-                _multiply_in_chunks(param.grad, self._scratch(param.grad.dtype),
-                                    lambda out, start, m=mask: out.copy_(m[start:start + out.numel()]))
+        for param, mask, mask_bytes in zip(self.params, self.masks, self._bytes):
+            if param.grad is None:
+                continue
+            if param.grad.device.type != "cpu":
+                self._apply_on_device(param.grad, mask)
+                continue
+            _multiply_in_chunks(param.grad, self._scratch(param.grad.dtype),
+                                lambda out, start, m=mask_bytes: out.copy_(m[start:start + out.numel()]))
         if self.freeze_exactly:
             self._before = [param.detach().clone() for param in self.params]
+
+    @staticmethod
+    def _apply_on_device(grad: torch.Tensor, mask: torch.Tensor) -> None:
+        """Gradients on a GPU: one multiply by the mask kept on their device."""
+        grad.mul_(mask)
 
     @torch.no_grad()
     def _restore(self) -> None:
