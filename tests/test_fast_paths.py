@@ -348,3 +348,35 @@ def test_d_on_a_gpu_gives_the_same_gradients_as_the_cpu_path():
         M._multiply_in_chunks(cpu, torch.empty(M._CHUNK), lambda out, start:
                               out.copy_(mask.view(-1)[start:start + out.numel()]))
         assert torch.equal(on_device, cpu) and torch.equal(on_device.signbit(), cpu.signbit())
+
+
+@pytest.mark.parametrize("layout", range(6))
+def test_fisher_summary_without_concatenation_equals_the_concatenated_one(layout):
+    """The D record's Fisher quantiles and log10 histogram, computed tensor by tensor, are the
+    ones the concatenating reference computes (same strided sample, same bins and counts)."""
+    from childtune import variants as V
+
+    g = torch.Generator().manual_seed(layout)
+    sizes = torch.randint(1, 900, (2 + layout, 2), generator=g).tolist() + [[1 << 20 if layout == 5 else 7]]
+    fisher = {}
+    for i, shape in enumerate(sizes):
+        scale = 10 ** (-6 * torch.rand(1, generator=g).item())
+        value = (torch.randn(shape, generator=g) * scale) ** 2
+        value[torch.rand(shape, generator=g) < 0.3] = 0.0
+        fisher[f"t{i}"] = value
+    values = torch.cat([f.flatten() for f in fisher.values()])
+    sample = values[torch.linspace(0, values.numel() - 1, min(values.numel(), 1 << 20)).long()]
+    quantiles = torch.quantile(sample.double(), torch.tensor([0, .25, .5, .75, 1.0],
+                                                            dtype=torch.double)).tolist()
+    positive = values[values > 0]
+    counts, edges = torch.histogram(positive.log10(), bins=40)
+    assert V._quantiles(fisher) == quantiles
+    assert V._log10_histogram(fisher) == {"counts": [int(c) for c in counts.tolist()],
+                                          "edges": edges.tolist(),
+                                          "zeros": values.numel() - positive.numel()}
+
+
+def test_fisher_histogram_of_all_zeros():
+    from childtune import variants as V
+
+    assert V._log10_histogram({"a": torch.zeros(3, 2)}) == {"counts": [], "edges": [], "zeros": 6}

@@ -139,28 +139,51 @@ def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progr
     seconds = time.perf_counter() - start
     select = M.top_p_mask if kind == "fisher_top" else M.bottom_p_mask
     selected = select(fisher, p)
-    values = torch.cat([f.flatten() for f in fisher.values()])
     summary = {"fisher_seconds": seconds,
                "fisher_quantiles": dict(zip(["min", "q25", "median", "q75", "max"],
-                                            _quantiles(values))),
-               "fisher_log10_histogram": _log10_histogram(values)}
+                                            _quantiles(fisher))),
+               "fisher_log10_histogram": _log10_histogram(fisher)}
     return selected, summary
 
 
-def _quantiles(values: torch.Tensor) -> list[float]:
-    sample = values[torch.linspace(0, values.numel() - 1, min(values.numel(), 1 << 20)).long()]
-    return torch.quantile(sample.double(), torch.tensor([0, .25, .5, .75, 1.0], dtype=torch.double)).tolist()
+def _quantiles(fisher: dict[str, torch.Tensor]) -> list[float]:
+    """Quantiles of an evenly strided sample (at most 2**20 values) of all Fisher values in
+    dict order, gathered tensor by tensor (no concatenated copy of the values)."""
+    flats = [f.reshape(-1) for f in fisher.values()]
+    n = sum(f.numel() for f in flats)
+    index = torch.linspace(0, n - 1, min(n, 1 << 20)).long()
+    sample = torch.empty(index.numel(), dtype=flats[0].dtype, device=flats[0].device)
+    start = 0
+    for flat in flats:
+        inside = (index >= start) & (index < start + flat.numel())
+        sample[inside.to(sample.device)] = flat[(index[inside] - start).to(flat.device)]
+        start += flat.numel()
+    return torch.quantile(sample.double().cpu(),
+                          torch.tensor([0, .25, .5, .75, 1.0], dtype=torch.double)).tolist()
 
 
-def _log10_histogram(values: torch.Tensor, bins: int = 40) -> dict:
+def _log10_histogram(fisher: dict[str, torch.Tensor], bins: int = 40) -> dict:
     """Counts of log10(Fisher) over `bins` equal bins between the smallest and largest positive
-    value (edges has bins + 1 entries); exact zeros cannot be logged and are counted apart."""
-    positive = values[values > 0]
-    if positive.numel() == 0:
-        return {"counts": [], "edges": [], "zeros": values.numel()}
-    counts, edges = torch.histogram(positive.log10(), bins=bins)
+    value (edges has bins + 1 entries); exact zeros cannot be logged and are counted apart.
+    Two passes, tensor by tensor: no concatenated copy of the values."""
+    def logs():
+        for f in fisher.values():
+            yield f[f > 0].log10().cpu()
+
+    total = sum(f.numel() for f in fisher.values())
+    positive, low, high = 0, math.inf, -math.inf
+    for x in logs():
+        if x.numel():
+            positive += x.numel()
+            low, high = min(low, float(x.min())), max(high, float(x.max()))
+    if positive == 0:
+        return {"counts": [], "edges": [], "zeros": total}
+    counts = torch.zeros(bins)
+    for x in logs():
+        part, edges = torch.histogram(x, bins=bins, range=(low, high))
+        counts += part
     return {"counts": [int(c) for c in counts.tolist()], "edges": edges.tolist(),
-            "zeros": values.numel() - positive.numel()}
+            "zeros": total - positive}
 
 
 def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, seed: int,
