@@ -1,9 +1,9 @@
 """Trained models kept between runs, named by the identity of the run that trained them.
 
-    <runtime.cache_dir>/encoders/<model>/<task>/<variant>/<hash>/seed<N>.pt   task transfer
-    <runtime.cache_dir>/models/<model>/<task>/<variant>/<hash>/seed<N>.pt     the prune ablation
+    <runtime.cache_dir>/encoders/runs/<model>/<task>/<variant>/<hash>/seed<N>.pt   task transfer
+    <runtime.cache_dir>/models/runs/<model>/<task>/<variant>/<hash>/seed<N>.pt     prune ablation
 
-A file holds {"identity": ..., "state": state_dict}, written atomically (atomic.py). These are
+(the path of the record of the run that trained it, with .pt for .json). A file holds {"identity": ..., "state": state_dict}, written atomically (atomic.py). These are
 caches: deleting one costs a retraining, never a result."""
 from __future__ import annotations
 
