@@ -322,6 +322,8 @@ class ChildTuningF(_GradientMasker):
         self.bits = np.random.SFC64(seed)   # CPU gradients; others: _apply_on_device
         self.kept = 0
         self.seen = 0
+        self._device_generators: dict[torch.device, torch.Generator] = {}  # GPU gradients
+        self._device_kept: dict[torch.device, torch.Tensor] = {}   # their kept counts, on device
         # A uniform s in [-2**31, 2**31) is below K - 2**31 with probability K / 2**32.
         self._threshold = min(round(self.p * 2 ** 32), 2 ** 32 - 1) - 2 ** 31
         self._scale = 1.0 / self.p
@@ -355,21 +357,21 @@ class ChildTuningF(_GradientMasker):
         a torch generator of that device seeded by `seed` (Philox on CUDA). So GPU masks are a
         different stream than CPU masks of the same seed, but the same on every rank (DDP).
         The kept count stays on the device until `keep_rate()` (no sync per step)."""
-        generators = self.__dict__.setdefault("_device_generators", {})
-        if grad.device not in generators:
-            generators[grad.device] = torch.Generator(device=grad.device).manual_seed(self.seed)
-            self.__dict__.setdefault("_device_kept", {})[grad.device] = torch.zeros(
-                (), dtype=torch.int64, device=grad.device)
+        if grad.device not in self._device_generators:
+            self._device_generators[grad.device] = torch.Generator(
+                device=grad.device).manual_seed(self.seed)
+            self._device_kept[grad.device] = torch.zeros((), dtype=torch.int64,
+                                                         device=grad.device)
         n = grad.numel()
         words = torch.empty((n + 1) // 2, dtype=torch.int64, device=grad.device)
-        words.random_(-2 ** 63, None, generator=generators[grad.device])
+        words.random_(-2 ** 63, None, generator=self._device_generators[grad.device])
         keep = words.view(torch.int32)[:n].view(grad.shape) < self._threshold
         self._device_kept[grad.device] += keep.sum()
         self.seen += n
         grad.mul_(keep.to(grad.dtype).mul_(self._scale))
 
     def keep_rate(self) -> float | None:
-        kept = self.kept + sum(int(k) for k in self.__dict__.get("_device_kept", {}).values())
+        kept = self.kept + sum(int(k) for k in self._device_kept.values())
         return kept / self.seen if self.seen else None
 
 
