@@ -9,9 +9,10 @@ from childtune import plan, records
 # Planned runs per (study, protocol): tasks x variants x [sizes | p values] x seeds.
 EXPECTED = {
     ("main", "cpu"): 4 * 3 * 5, ("main", "paper"): 4 * 3 * 10,
+    ("main_tuned_lr", "cpu"): 1 * 3 * 5, ("main_tuned_lr", "paper"): 4 * 3 * 10,
     ("ablation", "cpu"): 4 * 5 * 5, ("ablation", "paper"): 4 * 5 * 10,
     ("lr_grid", "cpu"): 4 * 3 * 1, ("lr_grid", "paper"): 4 * 3 * 1,
-    ("lr_grid_variants", "cpu"): 2 * 3 * 3, ("lr_grid_variants", "paper"): 4 * 3 * 4,
+    ("lr_grid_variants", "cpu"): 1 * 3 * 3, ("lr_grid_variants", "paper"): 4 * 3 * 4,
     ("low_resource", "cpu"): 4 * 3 * 3 * 5, ("low_resource", "paper"): 4 * 3 * 3 * 10,
     ("p_sweep", "cpu"): 2 * 2 * 10 * 3, ("p_sweep", "paper"): 4 * 2 * 10 * 10,
     ("domain_transfer", "cpu"): 2 * 3 * 5, ("domain_transfer", "paper"): 1 * 3 * 10,
@@ -70,6 +71,18 @@ def test_runs_shared_between_studies_have_one_identity():
                 "variant.p=0.1") == main_mrpc
     assert path("experiment=p_sweep", "task=mrpc", "variant=child_tuning_d",
                 "variant.p=0.2") != main_mrpc
+
+
+def test_main_tuned_lr_runs_each_variant_at_its_own_rate_and_else_is_main():
+    tuned = plan.resolved(["protocol=cpu"])["protocol"]["tuned_lr"]
+    cpu = plan.make_plan(["experiment=main_tuned_lr", "protocol=cpu"])
+    assert len(cpu.runs) == 15
+    for run in cpu.runs:
+        ident = run["identity"]
+        assert ident["lr"] == tuned[ident["variant"]][ident["task"]]
+    # The paper protocol has no tuned rates: the study plans exactly main's runs.
+    paper = {r["path"] for r in plan.make_plan(["experiment=main_tuned_lr", "protocol=paper"]).runs}
+    assert paper == {r["path"] for r in plan.make_plan(["experiment=main", "protocol=paper"]).runs}
 
 
 def test_a_task_transfer_run_starts_from_a_main_run():
