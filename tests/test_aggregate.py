@@ -211,6 +211,14 @@ def test_the_reference_file_gives_every_number_a_provenance():
         assert entry["quantity"] == "mean" or entry["versus"]
 
 
+def test_the_section_names_the_learning_rates_unless_the_rows_show_them(small_plan):
+    assert tables.learning_rates(small_plan) == "rte 2e-05, mrpc 5e-05"   # protocol.lr per task
+    tuned = plan.make_plan(["experiment=main_tuned_lr", "protocol=cpu"])
+    assert tables.learning_rates(tuned) == ("vanilla: cola 0.0002; child_tuning_d: cola 0.0005; "
+                                            "child_tuning_f: cola 0.0005")
+    assert tables.learning_rates(plan.make_plan(["experiment=lr_grid", "protocol=cpu"])) == ""
+
+
 def test_only_plans_with_records_and_no_duplicates(small_plan):
     subset = plan.Plan(small_plan.study, small_plan.protocol, ["x"], small_plan.runs[:3])
     found = {small_plan.runs[0]["path"]}

@@ -119,7 +119,9 @@ def _section(plan: Plan, label: str, recs: dict, reference: list[dict], referenc
           f"Models: {', '.join(sorted(set(obs['model'])))}; records: {found} of "
           f"{len(plan.runs)} planned runs ({failed} failed: not counted as results; "
           f"{len(plan.runs) - found - failed} missing); "
-          f"headline metrics: {', '.join(metrics) or 'n/a'}.", ""]
+          f"headline metrics: {', '.join(metrics) or 'n/a'}."
+          + (f" Learning rates: {rates}." if (rates := tables.learning_rates(plan)) else ""),
+          ""]
     tex = []
     for grid in tables.grids(stats, obs, reference):
         title = f"{plan.study}, {label}" + (f", {grid['panel']}" if grid["panel"] else "")

@@ -96,6 +96,31 @@ def observations(plan: Plan, records: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def learning_rates(plan: Plan) -> str:
+    """The plan's learning rates, unless its rows already show them (an lr sweep): per task when
+    every row uses the same rate on a task, else per row and task (main_tuned_lr)."""
+    if "trainer.lr" in plan.swept:
+        return ""
+    rates: dict[str, dict[str, set]] = {}
+    for run in plan.runs:
+        ident = run["identity"]
+        if ident.get("lr") is None:
+            continue
+        row = run["overrides"].get("method", ident["variant"])
+        rates.setdefault(row, {}).setdefault(ident["task"], set()).add(_fmt(ident["lr"]))
+
+    def text(by_task: dict[str, set]) -> str:
+        return ", ".join(f"{task} {'/'.join(sorted(lrs))}" for task, lrs in by_task.items())
+
+    per_task: dict[str, set] = {}
+    for by_task in rates.values():
+        for task, lrs in by_task.items():
+            per_task.setdefault(task, set()).update(lrs)
+    if all(len(lrs) == 1 for lrs in per_task.values()):
+        return text(per_task)
+    return "; ".join(f"{row}: {text(by_task)}" for row, by_task in rates.items())
+
+
 # ---------------------------------------------------------------- statistics
 
 def _p_values(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
