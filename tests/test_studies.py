@@ -12,7 +12,7 @@ EXPECTED = {
     ("main_tuned_lr", "cpu"): 1 * 3 * 5, ("main_tuned_lr", "paper"): 4 * 3 * 10,
     ("ablation", "cpu"): 4 * 5 * 5, ("ablation", "paper"): 4 * 5 * 10,
     ("lr_grid", "cpu"): 4 * 3 * 1, ("lr_grid", "paper"): 4 * 3 * 1,
-    ("lr_grid_variants", "cpu"): 1 * 3 * 3, ("lr_grid_variants", "paper"): 4 * 3 * 4,
+    ("lr_grid_variants", "cpu"): 2 * 3 * 3, ("lr_grid_variants", "paper"): 4 * 3 * 4,
     ("low_resource", "cpu"): 4 * 3 * 3 * 5, ("low_resource", "paper"): 4 * 3 * 3 * 10,
     ("p_sweep", "cpu"): 2 * 2 * 10 * 3, ("p_sweep", "paper"): 4 * 2 * 10 * 10,
     ("domain_transfer", "cpu"): 2 * 3 * 5, ("domain_transfer", "paper"): 1 * 3 * 10,
