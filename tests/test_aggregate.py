@@ -214,8 +214,9 @@ def test_the_reference_file_gives_every_number_a_provenance():
 def test_the_section_names_the_learning_rates_unless_the_rows_show_them(small_plan):
     assert tables.learning_rates(small_plan) == "rte 2e-05, mrpc 5e-05"   # protocol.lr per task
     tuned = plan.make_plan(["experiment=main_tuned_lr", "protocol=cpu"])
-    assert tables.learning_rates(tuned) == ("vanilla: cola 0.0002; child_tuning_d: cola 0.0005; "
-                                            "child_tuning_f: cola 0.0005")
+    assert tables.learning_rates(tuned) == (
+        "vanilla: cola 0.0002, stsb 0.0001; child_tuning_d: cola 0.0005, stsb 0.0005; "
+        "child_tuning_f: cola 0.0005, stsb 0.0002")
     assert tables.learning_rates(plan.make_plan(["experiment=lr_grid", "protocol=cpu"])) == ""
 
 

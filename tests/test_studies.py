@@ -9,7 +9,7 @@ from childtune import plan, records
 # Planned runs per (study, protocol): tasks x variants x [sizes | p values] x seeds.
 EXPECTED = {
     ("main", "cpu"): 4 * 3 * 5, ("main", "paper"): 4 * 3 * 10,
-    ("main_tuned_lr", "cpu"): 1 * 3 * 5, ("main_tuned_lr", "paper"): 4 * 3 * 10,
+    ("main_tuned_lr", "cpu"): 2 * 3 * 5, ("main_tuned_lr", "paper"): 4 * 3 * 10,
     ("ablation", "cpu"): 4 * 5 * 5, ("ablation", "paper"): 4 * 5 * 10,
     ("lr_grid", "cpu"): 4 * 3 * 1, ("lr_grid", "paper"): 4 * 3 * 1,
     ("lr_grid_variants", "cpu"): 2 * 3 * 3, ("lr_grid_variants", "paper"): 4 * 3 * 4,
@@ -76,7 +76,7 @@ def test_runs_shared_between_studies_have_one_identity():
 def test_main_tuned_lr_runs_each_variant_at_its_own_rate_and_else_is_main():
     tuned = plan.resolved(["protocol=cpu"])["protocol"]["tuned_lr"]
     cpu = plan.make_plan(["experiment=main_tuned_lr", "protocol=cpu"])
-    assert len(cpu.runs) == 15
+    assert len(cpu.runs) == 30
     for run in cpu.runs:
         ident = run["identity"]
         assert ident["lr"] == tuned[ident["variant"]][ident["task"]]
