@@ -83,9 +83,9 @@ class Plan:
 
 # ---------------------------------------------------------------- composing
 
+# The order `make reproduce` runs the studies in; other studies follow.
 ORDER = ("lr_grid", "main", "lr_grid_variants", "main_tuned_lr", "ablation", "low_resource",
-         "p_sweep", "domain_transfer", "task_transfer")  # `make reproduce` runs them in this
-# order; other studies follow
+         "p_sweep", "domain_transfer", "task_transfer")
 
 
 def studies() -> list[str]:
