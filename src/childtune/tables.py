@@ -42,6 +42,11 @@ def _layout_keys(plan: Plan) -> tuple[list[str], list[str]]:
     return rows, [k for k in swept if k not in rows]
 
 
+def _row_variant(run: dict) -> str:
+    """The variant a planned run's row is named by: its method in prior_methods/combinations."""
+    return run["overrides"].get("method", run["identity"]["variant"])
+
+
 def _fmt(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -79,7 +84,7 @@ def observations(plan: Plan, records: dict[str, dict]) -> pd.DataFrame:
         extras = ", ".join(f"{SHORT.get(k, k)}={_fmt(over[k])}" for k in row_keys if k in over)
         panel = ", ".join(f"{k}={_fmt(over[k])}" for k in panel_keys if k in over)
         record = records.get(run["path"])
-        label = over.get("method", ident["variant"])  # prior_methods: a row per method
+        label = _row_variant(run)
         variants = [label] + ([BEFORE_PRUNE] if ident["variant"] == "prune" else [])
         for variant in variants:
             for column, in_avg, eval_task in _columns(run):
@@ -106,8 +111,8 @@ def learning_rates(plan: Plan) -> str:
         ident = run["identity"]
         if ident.get("lr") is None:
             continue
-        row = run["overrides"].get("method", ident["variant"])
-        rates.setdefault(row, {}).setdefault(ident["task"], set()).add(_fmt(ident["lr"]))
+        by_task = rates.setdefault(_row_variant(run), {})
+        by_task.setdefault(ident["task"], set()).add(_fmt(ident["lr"]))
 
     def text(by_task: dict[str, set]) -> str:
         return ", ".join(f"{task} {'/'.join(sorted(lrs))}" for task, lrs in by_task.items())
