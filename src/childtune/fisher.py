@@ -1,17 +1,21 @@
 """The diagonal empirical Fisher information of CT_D, by the official recipe.
 
-One pass over a loader (the caller decides train mode, batch size and shuffling); per batch:
-forward, backward of the batch-mean loss, each in-scope tensor's gradient clipped to
-`max_grad_norm` on its own, then `fisher += grad**2 / n_batches`."""
+One pass over a loader (the caller decides batch size and shuffling) with the model in train
+mode (dropout on), as the official code; per batch: forward, backward of the batch-mean loss,
+each in-scope tensor's gradient clipped to `max_grad_norm` on its own, then
+`fisher += grad**2 / n_batches`. The model's own mode is restored afterwards (a model from
+`from_pretrained` is in eval mode)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 
 import torch
 
 from .masks import _CHUNK
 
 NON_MODEL_KEYS = ("idx",)
+FISHER_MODES = ("train", "eval")  # train: dropout on (official); eval: the pre-fix behaviour
 
 
 def model_inputs(model: torch.nn.Module, batch: dict) -> dict:
@@ -27,22 +31,43 @@ def default_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
 def fisher_information(model: torch.nn.Module, loader: Iterable, names: list[str],
                        max_grad_norm: float | None = 1.0,
                        loss_fn: Callable[[torch.nn.Module, dict], torch.Tensor] = default_loss,
-                       progress: bool = False) -> dict[str, torch.Tensor]:
-    """Mean over batches of the squared (per-tensor clipped) gradient, for the named params.
-    Leaves the model's gradients cleared."""
+                       progress: bool = False, mode: str = "train") -> dict[str, torch.Tensor]:
+    """Mean over batches of the squared (per-tensor clipped) gradient, for the named params,
+    computed in `mode` ("train": dropout on, the official recipe). Leaves the model's gradients
+    cleared and its train/eval mode as it found them."""
+    if mode not in FISHER_MODES:
+        raise ValueError(f"mode must be one of {FISHER_MODES}, got {mode!r}")
+    with _in_mode(model, mode == "train"):
+        return _fisher_pass(model, loader, names, max_grad_norm, loss_fn, progress)
+
+
+@contextmanager
+def _in_mode(model: torch.nn.Module, training: bool):
+    """Every module in train (or eval) mode inside; each module's own mode restored after."""
+    before = [(m, m.training) for m in model.modules()]
+    model.train(training)
+    try:
+        yield
+    finally:
+        for module, was in before:
+            module.training = was
+
+
+def _fisher_pass(model, loader, names, max_grad_norm, loss_fn, progress):
     params = dict(model.named_parameters())
     scoped = {n: params[n] for n in names}
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in scoped.items()}
     n_batches = len(loader)
-    batches = loader
-    if progress:
-        from tqdm.auto import tqdm
+    # The bar is only told the count and updated by hand: wrapping the loader (tqdm.auto
+    # creates an iterator of it at construction) would draw the shuffle from the loader's
+    # generator once more, and the pass would see another batch order.
+    from tqdm.auto import tqdm
 
-        batches = tqdm(loader, desc="fisher", leave=False)
+    bar = tqdm(total=n_batches, desc="fisher", disable=not progress, leave=False)
     largest = max((p.numel() for p in scoped.values()), default=0)
     scratch = torch.empty(min(_CHUNK, largest),
                           device=next(iter(scoped.values())).device if scoped else None)
-    for batch in batches:
+    for batch in loader:
         model.zero_grad(set_to_none=True)
         loss_fn(model, batch).backward()
         with torch.no_grad():
@@ -51,6 +76,8 @@ def fisher_information(model: torch.nn.Module, loader: Iterable, names: list[str
                      else [None] * len(grads))
             for (name, grad), coef in zip(grads.items(), coefs):
                 _accumulate(fisher[name], grad, coef, n_batches, scratch)
+        bar.update()
+    bar.close()
     model.zero_grad(set_to_none=True)
     return fisher
 
