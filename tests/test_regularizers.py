@@ -289,7 +289,7 @@ def test_top_k_rejects_more_layers_than_the_model_has():
 # ---------------------------------------------------------------- CT_D within the top k layers
 
 CT_D = {"mask": "fisher_top", "p": 0.3, "scope": "layers", "fisher_seed": None,
-        "fisher_recipe": "official", "decay_frozen": False}
+        "fisher_recipe": "official", "fisher_mode": "train", "decay_frozen": False}
 
 
 def ct_d_child(model, cache_dir=None, **variant):
@@ -344,8 +344,8 @@ def test_ct_d_without_k_keeps_its_mask_and_cache_key(tmp_path):
         assert child.masks.keys() == expected.keys()
         assert all(torch.equal(child.masks[n], expected[n]) for n in expected)
         assert "k" not in child.info
-    before_k = {"seed": 1, "max_grad_norm": 1.0, **{key: CT_D[key] for key in (
-        "mask", "p", "scope", "fisher_seed", "fisher_recipe")}}  # the key's parts before k
+    before_k = {"seed": 1, "max_grad_norm": 1.0, **{key: CT_D[key] for key in (  # no k
+        "mask", "p", "scope", "fisher_seed", "fisher_recipe", "fisher_mode")}}
     assert explicit_null.info["cache_key"] == plain.info["cache_key"] \
         == variants._cache_key(before_k)
     assert ct_d_child(model, tmp_path / "c", k=2).info["cache_key"] != plain.info["cache_key"]

@@ -78,7 +78,7 @@ def test_official_warmup_switch_drops_warmup_for_child_tuning_only(run_tiny):
 def test_bad_p_is_rejected_before_training(bad):
     with pytest.raises(UserError, match=r"variant.p must be a number in \(0, 1\]"):
         check_variant({"mask": "fisher_top", "p": bad, "scope": "layers",
-                       "fisher_recipe": "official"})
+                       "fisher_recipe": "official", "fisher_mode": "train"})
 
 
 def test_bad_p_from_the_command_line_fails_without_a_record(run_tiny, tmp_path):

@@ -6,6 +6,8 @@ training set reproducibly (`n_train`), and `make_loader` batches with dynamic pa
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,16 @@ class Split:
 
     def subset(self, indices) -> "Split":
         return Split([self.texts[i] for i in indices], [self.labels[i] for i in indices])
+
+
+def fingerprint(split: Split) -> str:
+    """sha256 over the examples' texts and labels, in order: equal fingerprints, equal data.
+    (Tokenization and truncation are not in it: they are settings of the run.)"""
+    digest = hashlib.sha256()
+    for texts, label in zip(split.texts, split.labels):
+        digest.update(json.dumps([list(texts), label], ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def resolve_data_dir(configured: str | None) -> Path | None:
@@ -90,17 +102,29 @@ def _read_parquet(task: Task, path: Path) -> Split:
     return Split(texts, frame["label"].tolist())
 
 
-def read_local(task: Task, data_dir: Path, split: str) -> Split:
+def source_file(task: Task, data_dir: Path | None, split: str) -> str:
+    """The file a split is read from, relative to the data directory (`glue/RTE/train.tsv`), or
+    `hub:<path>/<name>:<split>`; raises if the local file is missing."""
+    if data_dir is None:
+        return f"hub:{task.hub_path}/{task.hub_name or ''}:{task.hub_splits[split]}"
     spec = task.local
-    path = data_dir / spec.folder / spec.files[split]
-    if path.is_file():
-        return _read_tsv(task, path, spec.split_values.get(split))
+    tsv = f"{spec.folder}/{spec.files[split]}"
+    if (data_dir / tsv).is_file():
+        return tsv
     if spec.parquet_fallback:
-        parquet = data_dir / spec.parquet_fallback / f"glue-{task.hub_splits[split]}.parquet"
-        if parquet.is_file():
-            return _read_parquet(task, parquet)
-    raise UserError(f"task {task.name!r} needs {path}, which is missing under data directory "
-                    f"{data_dir}; point {DATA_DIR_ENV} (or data.dir) at a folder that has it")
+        parquet = f"{spec.parquet_fallback}/glue-{task.hub_splits[split]}.parquet"
+        if (data_dir / parquet).is_file():
+            return parquet
+    raise UserError(f"task {task.name!r} needs {data_dir / tsv}, which is missing under data "
+                    f"directory {data_dir}; point {DATA_DIR_ENV} (or data.dir) at a folder that "
+                    f"has it")
+
+
+def read_local(task: Task, data_dir: Path, split: str) -> Split:
+    name = source_file(task, data_dir, split)
+    if name.endswith(".parquet"):
+        return _read_parquet(task, data_dir / name)
+    return _read_tsv(task, data_dir / name, task.local.split_values.get(split))
 
 
 # ---------------------------------------------------------------- hub

@@ -69,6 +69,9 @@ def run(cfg: DictConfig) -> Path:
     task = get_task(cfg.task.name)
     data_dir = data.resolve_data_dir(cfg.data.dir)
     splits = data.load_splits(task, data_dir, cfg.data.n_train, cfg.data.subsample_seed)
+    data_info = {"files": {name: data.source_file(task, data_dir, name) for name in splits},
+                 "sha256": {name: data.fingerprint(split) for name, split in splits.items()},
+                 "sizes": {name: len(split) for name, split in splits.items()}}
     tokenizer = models.load_tokenizer(cfg.model)
     encoded = {name: data.Encoded(split, tokenizer, cfg.data.max_seq_length, task.is_regression)
                for name, split in splits.items()}
@@ -83,6 +86,7 @@ def run(cfg: DictConfig) -> Path:
         cache_dir=Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None,
         cache_parts={"model": config["model"], "task": task.name, "data": {
             k: v for k, v in config["data"].items() if k != "dir"},
+            "train_sha256": data_info["sha256"]["train"],  # the examples the mask is built on
             "batch_size": cfg.trainer.batch_size} | transfer.mask_cache_parts(source),
         progress=cfg.runtime.progress), config["variant"], model)  # DDP: rank 0's mask
     # after the Fisher pass, which thus sees the plain model and the plain task loss
@@ -116,8 +120,7 @@ def run(cfg: DictConfig) -> Path:
             return None
         record.update(transfer.finish(cfg, ident, task, model, tokenizer, data_dir, source))
         prune.keep(config, ident, model)  # a CT_D run asked to keep its model for prune
-        record["data"] = {"source": str(data_dir) if data_dir else "hub",
-                          "sizes": {name: len(split) for name, split in splits.items()}}
+        record["data"] = data_info  # by file names and content, not the machine's path
         logger.log_record(record)
         record["logger"] = logger.info()
         path = records.write_record(cfg.results_dir, record)

@@ -165,7 +165,9 @@ def evaluate_on(cfg, task: Task, target: Task, model, tokenizer, data_dir) -> di
     predicted = np.asarray(to_space(task, space))[preds]
     gold = np.asarray(to_space(target, space))[labels]
     return {"split": split_name, "accuracy": float((predicted == gold).mean()),
-            "label_space": list(space), "examples": len(split)}
+            "label_space": list(space), "examples": len(split),
+            "file": data.source_file(target, data_dir, split_name),
+            "sha256": data.fingerprint(split)}
 
 
 def finish(cfg, ident: dict, task: Task, model, tokenizer, data_dir, source: dict | None) -> dict:

@@ -28,8 +28,9 @@ import torch
 
 from . import masks as M
 from .atomic import atomic_file
+from .distributed import digest
 from .errors import UserError
-from .fisher import fisher_information
+from .fisher import FISHER_MODES, fisher_information
 
 MASK_KINDS = ("none", "bernoulli", "fisher_top", "fisher_bottom", "random", "top_layers")
 LAYER_LIMITED = ("fisher_top", "fisher_bottom", "random", "top_layers")  # kinds taking variant.k
@@ -56,6 +57,9 @@ def check_variant(variant: dict) -> None:
                         "prune); CT_F masks change every step")
     if kind.startswith("fisher") and variant.get("fisher_recipe") not in FISHER_RECIPES:
         raise UserError(f"variant.fisher_recipe must be one of {FISHER_RECIPES}")
+    if kind.startswith("fisher") and variant.get("fisher_mode") not in FISHER_MODES:
+        raise UserError(f"variant.fisher_mode must be one of {', '.join(FISHER_MODES)} (train: "
+                        f"dropout on, as the official code), got {variant.get('fisher_mode')!r}")
 
 
 def _check_k(variant: dict) -> None:
@@ -131,11 +135,14 @@ def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progr
         return M.random_mask(shapes, p, fisher_seed), {}
     start = time.perf_counter()
     # The Fisher pass draws dropout and shuffling from its own seeded streams, so the training
-    # that follows sees the same random stream as a vanilla run with the same seed.
-    with torch.random.fork_rng(devices=[]):
+    # that follows sees the same random stream as a vanilla run with the same seed, and a run
+    # that reuses a cached mask the same as one that computes it. manual_seed seeds every GPU
+    # too: all their streams are forked.
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
         torch.manual_seed(fisher_seed)
         fisher = fisher_information(model, fisher_loader(fisher_seed), names,
-                                    max_grad_norm=max_grad_norm, progress=progress)
+                                    max_grad_norm=max_grad_norm, progress=progress,
+                                    mode=variant["fisher_mode"])
     seconds = time.perf_counter() - start
     select = M.top_p_mask if kind == "fisher_top" else M.bottom_p_mask
     selected = select(fisher, p)
@@ -205,7 +212,7 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
 
     key_parts = {**cache_parts, "seed": seed, "max_grad_norm": max_grad_norm,
                  **{k: variant.get(k) for k in ("mask", "p", "scope", "fisher_seed",
-                                                 "fisher_recipe")}}
+                                                 "fisher_recipe", "fisher_mode")}}
     if kind == "random":
         key_parts = {k: key_parts[k] for k in ("model", "seed", "mask", "p", "scope",
                                               "fisher_seed")}
@@ -240,5 +247,5 @@ def fixed_child(variant: dict, model, masks: dict[str, torch.Tensor], info: dict
     masker = M.ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
     info.update({"kind": variant["mask"], "p": variant.get("p"), "scope": variant.get("scope"),
                  **({"k": variant["k"]} if variant.get("k") is not None else {}),
-                 "statistics": M.mask_statistics(masks, model)})
+                 "statistics": M.mask_statistics(masks, model), "sha256": digest(masks.values())})  # as DDP's masks_sha256
     return ChildNetwork(masker=masker, masks=masks, info=info)
