@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from childtune import encoder_layer_names, fisher_information, top_p_mask
+from childtune import encoder_layer_names, fisher_information, percentile_mask, top_p_mask
 from childtune.masks import kept_count
 
 from conftest import random_batches, tiny_model
@@ -68,3 +68,88 @@ def test_eval_mode_switch_reproduces_the_dropout_free_fisher(tmp_path):
     assert not any(torch.equal(eval_fisher[n], train_fisher[n]) for n in names)
     with pytest.raises(ValueError, match="mode"):
         fisher_information(model, batches, names, mode="inference")
+
+
+# ---------------------------------------------------------------- the kept count
+
+def official_mask(scores: dict, p: float) -> dict:
+    """The official threshold, written out again: np.append of every value, then
+    `>= np.percentile(r, (1 - p) * 100)` (linear interpolation), ties kept."""
+    r = None
+    for v in scores.values():
+        v = v.view(-1).numpy()
+        r = v if r is None else np.append(r, v)
+    polar = np.percentile(r, (1 - p) * 100)
+    return {k: torch.from_numpy(v.numpy() >= polar) for k, v in scores.items()}
+
+
+def random_scores(n: int, seed: int, ties: bool) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.rand(n // 3, generator=g), torch.rand(n - n // 3, generator=g)
+    if ties:  # few distinct values: many exact ties, at the threshold too
+        a, b = (a * 5).floor(), (b * 5).floor()
+    return {"a": a, "b": b.view(-1, 1)}
+
+
+def kept(masks: dict) -> int:
+    return sum(int(m.sum()) for m in masks.values())
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.3, 0.5, 0.77])
+def test_the_official_count_is_one_more_or_less_than_round_p_n_without_ties(p):
+    """Without ties the official rule keeps floor(p*N + 1 - p) entries (the threshold sits at
+    position (1 - p)(N - 1)), ours exactly round(p*N); the two child networks are nested."""
+    differ = 0
+    for n in range(10, 200, 7):
+        scores = random_scores(n, n, ties=False)
+        official, ours = official_mask(scores, p), top_p_mask(scores, p)
+        count = kept(official)
+        assert kept(ours) == kept_count(p, n)
+        assert abs(count - kept(ours)) <= 1 and count in (int(p * n + 1 - p), int(p * n + 1 - p) + 1)
+        small, large = (ours, official) if kept(ours) <= count else (official, ours)
+        assert all(torch.equal(small[k] & large[k], small[k]) for k in scores)  # nested
+        differ += count != kept(ours)
+    # p < 0.5: the official rule keeps one more for about a (0.5 - p) share of N; p = 0.5: never
+    assert (differ > 0) == (p != 0.5)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.77])
+def test_count_official_is_the_official_mask_bit_for_bit(p, ties):
+    for seed in range(5):
+        scores = random_scores(101 + seed, seed, ties)
+        ours, official = percentile_mask(scores, p), official_mask(scores, p)
+        assert all(torch.equal(ours[k], official[k]) for k in scores)
+        if ties:  # every tie at the threshold kept: more than p*N
+            assert kept(official) > kept_count(p, 101 + seed)
+        low = percentile_mask(scores, p, largest=False)  # the lowest-Fisher ablation's
+        polar = np.percentile(np.concatenate([v.view(-1).numpy() for v in scores.values()]), p * 100)
+        assert all(torch.equal(low[k], torch.from_numpy(v.numpy() <= polar))
+                   for k, v in scores.items())
+
+
+def test_fisher_mode_and_count_are_part_of_the_identity_and_the_mask_cache_key(run_tiny):
+    default = run_tiny("variant=child_tuning_d")
+    old = run_tiny("variant=child_tuning_d", "variant.fisher_mode=eval")
+    official = run_tiny("variant=child_tuning_d", "variant.count=official")
+    hashes = {r["identity"]["config_hash"] for r in (default, old, official)}
+    keys = {r["mask"]["cache_key"] for r in (default, old, official)}
+    assert len(hashes) == len(keys) == 3
+    assert all(r["mask"]["source"] == "computed" for r in (default, old, official))
+    assert old["mask"]["sha256"] != default["mask"]["sha256"]
+    stats = official["mask"]["statistics"]   # no ties in a Fisher: floor(p*N + 1 - p) or +1
+    assert stats["kept"] - int(0.3 * stats["masked_entries"] + 0.7) in (0, 1)
+
+
+@pytest.mark.parametrize("variant,message", [
+    ({"mask": "random", "count": "official"}, "variant.count"),
+    ({"mask": "fisher_top", "count": "exact"}, "variant.count"),
+    ({"mask": "fisher_top", "fisher_mode": "inference"}, "variant.fisher_mode"),
+    ({"mask": "fisher_bottom", "fisher_mode": None}, "variant.fisher_mode")])
+def test_bad_fisher_mode_or_count_is_rejected(variant, message):
+    from childtune.errors import UserError
+    from childtune.variants import check_variant
+
+    base = {"p": 0.3, "scope": "layers", "fisher_recipe": "official", "fisher_mode": "train"}
+    with pytest.raises(UserError, match=message):
+        check_variant({**base, **variant})

@@ -11,7 +11,7 @@ from importlib import import_module
 _PUBLIC = {"fisher_information": "fisher",
            **{name: "masks" for name in ("ChildTuningD", "ChildTuningF", "bottom_p_mask",
                                          "encoder_layer_names", "mask_statistics", "prune_",
-                                         "random_mask", "top_p_mask")}}
+                                         "percentile_mask", "random_mask", "top_p_mask")}}
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
 

@@ -215,6 +215,22 @@ def bottom_p_mask(scores: dict[str, torch.Tensor], p: float) -> dict[str, torch.
     return _ranked_selection(scores, kept_count(p, n), largest=False)
 
 
+def percentile_mask(scores: dict[str, torch.Tensor], p: float,
+                    largest: bool = True) -> dict[str, torch.Tensor]:
+    """The official rule (`variant.count=official`): keep every value >= numpy's linear-
+    interpolation percentile at (1 - p) * 100 of all values, ties kept. Without ties that is
+    floor(p*N + 1 - p) entries (the threshold sits at position (1 - p)(N - 1) of the sorted
+    values), one more than round(p*N) for some N when p < 0.5 and one fewer for some when
+    p > 0.5 (up to numpy's rounding of that position). `largest=False` (the lowest-Fisher
+    ablation, which the official code lacks): values <= the percentile at p * 100. Holds a
+    concatenated float32 copy of the values, as the official code does."""
+    values = np.concatenate([s.detach().reshape(-1).float().cpu().numpy() for s in scores.values()])
+    polar = np.percentile(values, (1 - p) * 100 if largest else p * 100)
+    return {name: torch.from_numpy(s.detach().float().cpu().numpy() >= polar if largest
+                                   else s.detach().float().cpu().numpy() <= polar).to(s.device)
+            for name, s in scores.items()}
+
+
 def random_mask(shapes: dict[str, torch.Size], p: float, seed: int) -> dict[str, torch.Tensor]:
     """A fixed random child network with exactly round(p*N) entries, uniformly chosen."""
     n = sum(math.prod(s) for s in shapes.values())

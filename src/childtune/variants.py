@@ -57,6 +57,11 @@ def check_variant(variant: dict) -> None:
                         "prune); CT_F masks change every step")
     if kind.startswith("fisher") and variant.get("fisher_recipe") not in FISHER_RECIPES:
         raise UserError(f"variant.fisher_recipe must be one of {FISHER_RECIPES}")
+    if variant.get("count") not in (None, "official") or (variant.get("count")
+                                                           and not kind.startswith("fisher")):
+        raise UserError(f"variant.count must be null (exactly round(p*N) entries) or official "
+                        f"(numpy's percentile, ties kept; Fisher masks only), got "
+                        f"{variant.get('count')!r} with mask={kind}")
     if kind.startswith("fisher") and variant.get("fisher_mode") not in FISHER_MODES:
         raise UserError(f"variant.fisher_mode must be one of {', '.join(FISHER_MODES)} (train: "
                         f"dropout on, as the official code), got {variant.get('fisher_mode')!r}")
@@ -144,8 +149,10 @@ def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progr
                                     max_grad_norm=max_grad_norm, progress=progress,
                                     mode=variant["fisher_mode"])
     seconds = time.perf_counter() - start
-    select = M.top_p_mask if kind == "fisher_top" else M.bottom_p_mask
-    selected = select(fisher, p)
+    if variant.get("count") == "official":
+        selected = M.percentile_mask(fisher, p, largest=kind == "fisher_top")
+    else:
+        selected = (M.top_p_mask if kind == "fisher_top" else M.bottom_p_mask)(fisher, p)
     summary = {"fisher_seconds": seconds,
                "fisher_quantiles": dict(zip(["min", "q25", "median", "q75", "max"],
                                             _quantiles(fisher))),
@@ -216,8 +223,9 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
     if kind == "random":
         key_parts = {k: key_parts[k] for k in ("model", "seed", "mask", "p", "scope",
                                               "fisher_seed")}
-    if variant.get("k") is not None:  # only when set: the keys of all-layer masks stay as they were
-        key_parts["k"] = variant["k"]
+    for extra in ("k", "count"):  # only when set: the keys of masks without them stay as they were
+        if variant.get(extra) is not None:
+            key_parts[extra] = variant[extra]
     key = _cache_key(key_parts)
     path = cache_dir / "masks" / f"{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
