@@ -329,3 +329,16 @@ def test_fp16_on_cuda_keeps_frozen_entries_frozen():
         if n in masks:
             assert torch.equal(p[~masks[n]], initial[n][~masks[n]]), n
     assert out["steps"] == 4
+
+
+@pytest.mark.parametrize("overrides", [
+    ("trainer.precision=bf16", "variant=child_tuning_d", "variant.decay_frozen=false"),
+    ("trainer.optimizer=adamw_hf2021", "variant=child_tuning_d"),
+    ("trainer.optimizer=adamw_hf2021", "trainer.precision=bf16", "variant=child_tuning_f")])
+def test_runs_with_each_optimizer_and_precision_write_records_of_their_own(run_tiny, overrides):
+    record = run_tiny(*overrides)
+    default = run_tiny(*(o for o in overrides if o.startswith("variant")))
+    assert record["status"] == "success" and record["train"]["skipped_steps"] == 0
+    assert record["identity"]["config_hash"] != default["identity"]["config_hash"]
+    assert record["metrics"] != default["metrics"] or record["train"]["last_loss"] != \
+        default["train"]["last_loss"]
