@@ -104,7 +104,7 @@ def contenders(model, fused: bool):
     from childtune.masks import encoder_layer_names
     from childtune.optim import build_optimizer, param_groups
 
-    cfg = OmegaConf.create({"optimizer": "adamw", "lr": 1e-6, "weight_decay": 0.01,
+    cfg = OmegaConf.create({"optimizer": "adamw_torch", "lr": 1e-6, "weight_decay": 0.01,
                             "adam_betas": [0.9, 0.999], "adam_eps": 1e-8})
     named = dict(model.named_parameters())
     layers = encoder_layer_names(model)

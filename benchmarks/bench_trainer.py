@@ -73,7 +73,7 @@ def ours(model, dataset, steps: int, fused: bool = False) -> list[float]:
 
     ends = []
     indexed = lambda items: {**collate(items), "idx": torch.arange(len(items))}  # noqa: E731
-    cfg = OmegaConf.create({"optimizer": "adamw", "lr": 5e-5, "weight_decay": 0.01,
+    cfg = OmegaConf.create({"optimizer": "adamw_torch", "lr": 5e-5, "weight_decay": 0.01,
                             "adam_betas": [0.9, 0.999], "adam_eps": 1e-8})
     optimizer = (torch.optim.AdamW(optim.param_groups(model, 0.01), lr=5e-5, fused=True)
                  if fused else optim.build_optimizer(model, cfg))

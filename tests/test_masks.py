@@ -238,13 +238,13 @@ def test_mask_statistics_per_layer_and_module():
     assert 0 < stats["scope_fraction_of_model"] < 1
 
 
-def test_fused_adamw_is_an_option_and_masks_still_apply():
+def test_fused_adamw_is_the_default_and_masks_still_apply():
     from omegaconf import OmegaConf
 
     from childtune.optim import build_optimizer
 
-    cfg = OmegaConf.create({"optimizer": "adamw", "lr": 1e-3, "adam_betas": [0.9, 0.999],
-                            "adam_eps": 1e-8, "weight_decay": 0.0, "fused": True})
+    cfg = OmegaConf.create({"optimizer": "adamw_fused", "lr": 1e-3, "adam_betas": [0.9, 0.999],
+                            "adam_eps": 1e-8, "weight_decay": 0.0})
     model = tiny_model()
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = build_optimizer(model, cfg)

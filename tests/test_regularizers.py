@@ -50,7 +50,7 @@ def regularizer(name: str, model, seed: int = 1, **overrides):
 
 def train(model, reg, data, *, lr=1e-3, weight_decay=0.01, masker=None, seed=7):
     """A few steps of the real loop; the global seed fixes dropout."""
-    trainer = OmegaConf.create({"optimizer": "adamw", "lr": lr, "weight_decay": weight_decay,
+    trainer = OmegaConf.create({"optimizer": "adamw_torch", "lr": lr, "weight_decay": weight_decay,
                                 "adam_betas": [0.9, 0.999], "adam_eps": 1e-8})
     optimizer = optim.build_optimizer(model, trainer)
     scheduler = optim.linear_schedule(optimizer, len(data), 0)
@@ -389,7 +389,7 @@ def test_ct_d_with_more_layers_than_the_model_fails_before_the_fisher_pass():
     ({**DEFAULTS["mixout"], "p": 1.5}, "adamw", "regularizer.p must be a number in"),
     ({**DEFAULTS["r3f"], "noise": "laplace"}, "adamw", "regularizer.noise"),
     ({**DEFAULTS["pretrained_decay"], "lam": -1}, "adamw", "regularizer.lam"),
-    (DEFAULTS["recadam"], "sgd", "trainer.optimizer=adamw"),
+    (DEFAULTS["recadam"], "sgd", "needs an AdamW trainer.optimizer"),
 ])
 def test_bad_settings_fail_with_one_clear_error(regularizer_cfg, trainer, message):
     with pytest.raises(UserError, match=message):

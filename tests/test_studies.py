@@ -125,27 +125,34 @@ def test_combinations_has_a_row_per_method_each_next_to_its_ct_d_row():
     assert made_by[("mixout_ct_d", "rte", 1)][2] == str(old)
 
 
-# Hashes of records the CPU sweep wrote before the transfer options and plans existed.
-EXISTING = [("2e-05", "05966e7a4c"), ("5e-05", "5b9a48a281"), ("0.0001", "de3ebc340b")]
+# Pinned identities: (old hash, current hash). The old ones are the records the CPU sweep wrote
+# before the recipe fixes; since then the default optimizer is torch's fused AdamW
+# (`trainer.optimizer=adamw_fused`, other rounding than the old `adamw`), and
+# `trainer.precision` and `model.no_decay` are part of every identity. So no old record can be
+# taken for a current run, and restoring the three old settings gives back exactly the old hash.
+OLD_RECIPE = ("trainer.optimizer=adamw", "~trainer.precision", "~model.no_decay")
+EXISTING = [("2e-05", "05966e7a4c", "8bae165e0e"), ("5e-05", "5b9a48a281", "074339a036"),
+            ("0.0001", "de3ebc340b", "aef2b0db88")]
 
 
-@pytest.mark.parametrize("lr,config_hash", EXISTING)
-def test_existing_runs_keep_their_identity(lr, config_hash):
-    ident = _identity("seed=100", "task=cola", "variant=vanilla", f"trainer.lr={lr}",
-                      "experiment=lr_grid", "protocol=cpu")
-    assert ident["config_hash"] == config_hash
+@pytest.mark.parametrize("lr,old_hash,config_hash", EXISTING)
+def test_existing_runs_keep_their_identity(lr, old_hash, config_hash):
+    run = ("seed=100", "task=cola", "variant=vanilla", f"trainer.lr={lr}", "experiment=lr_grid",
+           "protocol=cpu")
+    assert _identity(*run)["config_hash"] == config_hash != old_hash
+    assert _identity(*run, *OLD_RECIPE)["config_hash"] == old_hash
 
 
-# Hashes of the CPU sweep's CT_D records (main), written before variant.k existed.
-EXISTING_CT_D = [("cola", "4494756525"), ("rte", "4e44843852"), ("mrpc", "f6b3aa0a17"),
-                 ("stsb", "8ad502aeb7")]
+# The CPU sweep's CT_D records (main), as above.
+EXISTING_CT_D = [("cola", "4494756525", "ccef97571e"), ("rte", "4e44843852", "f85e2e32fc"),
+                 ("mrpc", "f6b3aa0a17", "e02ff03cab"), ("stsb", "8ad502aeb7", "8f4f6ef581")]
 
 
-@pytest.mark.parametrize("task,config_hash", EXISTING_CT_D)
-def test_existing_ct_d_runs_keep_their_identity(task, config_hash):
-    ident = _identity("seed=1", f"task={task}", "variant=child_tuning_d", "experiment=main",
-                      "protocol=cpu")
-    assert ident["config_hash"] == config_hash
+@pytest.mark.parametrize("task,old_hash,config_hash", EXISTING_CT_D)
+def test_existing_ct_d_runs_keep_their_identity(task, old_hash, config_hash):
+    run = ("seed=1", f"task={task}", "variant=child_tuning_d", "experiment=main", "protocol=cpu")
+    assert _identity(*run)["config_hash"] == config_hash != old_hash
+    assert _identity(*run, *OLD_RECIPE)["config_hash"] == old_hash
 
 
 def test_a_new_section_whose_options_are_off_keeps_the_hash():

@@ -47,8 +47,15 @@ def _number(value) -> bool:
 
 def check_trainer(trainer: dict) -> None:
     """The trainer values that would otherwise fail (or silently do nothing) mid-run."""
-    if trainer.get("optimizer") not in ("adamw", "sgd"):
-        raise UserError(f"trainer.optimizer must be adamw or sgd, got {trainer.get('optimizer')!r}")
+    from .loop import PRECISIONS
+    from .optim import OPTIMIZERS
+
+    if trainer.get("optimizer") not in OPTIMIZERS:
+        raise UserError(f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got "
+                        f"{trainer.get('optimizer')!r}")
+    if trainer.get("precision") not in PRECISIONS:
+        raise UserError(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got "
+                        f"{trainer.get('precision')!r}")
     if not _number(trainer.get("lr")) or trainer["lr"] <= 0:
         raise UserError(f"trainer.lr must be a positive number, got {trainer.get('lr')!r}")
     for key in ("batch_size", "eval_batch_size", "epochs"):
@@ -64,6 +71,28 @@ def check_trainer(trainer: dict) -> None:
     if not _number(trainer.get("weight_decay")) or trainer["weight_decay"] < 0:
         raise UserError(f"trainer.weight_decay must be a number >= 0, got "
                         f"{trainer.get('weight_decay')!r}")
+
+
+def check_device_support(config: dict) -> None:
+    """What the run's device must support: fp16 loss scaling needs CUDA (refused elsewhere
+    rather than silently run in another precision), bf16 a device with bf16 autocast, and
+    trainer.optimizer=adamw_fused a fused AdamW kernel for the device."""
+    import torch
+
+    from .models import device
+    from .optim import fused_adamw_supported
+
+    trainer = config["trainer"]
+    where = device(config["runtime"].get("device"))
+    if trainer["precision"] == "fp16" and where.type != "cuda":
+        raise UserError(f"trainer.precision=fp16 needs a CUDA GPU (this run's device is "
+                        f"{where.type}); use trainer.precision=bf16 or fp32")
+    if (trainer["precision"] == "bf16" and where.type == "cuda"
+            and not torch.cuda.is_bf16_supported()):
+        raise UserError("trainer.precision=bf16: this GPU does not support bfloat16; use fp16")
+    if trainer["optimizer"] == "adamw_fused" and not fused_adamw_supported(where):
+        raise UserError(f"trainer.optimizer=adamw_fused: this torch has no fused AdamW for "
+                        f"{where.type}; use trainer.optimizer=adamw_torch")
 
 
 def check_writable(folder: Path, what: str, key: str) -> None:
@@ -90,6 +119,7 @@ def preflight(config: dict) -> None:
     if isinstance(config.get("seed"), bool) or not isinstance(config.get("seed"), int):
         raise UserError(f"seed must be an integer, got {config.get('seed')!r}")
     check_trainer(config["trainer"])
+    check_device_support(config)
     results_dir = Path(config["results_dir"])
     check_writable(results_dir / "runs", "run records", "results_dir")
     cache_dir = config["runtime"].get("cache_dir")

@@ -1,10 +1,25 @@
 """The plain training loop and evaluation. The optimizer step is ours: gradients are clipped,
-then `optimizer.step()` runs its pre-hooks (the Child-Tuning masker) and the update."""
+then `optimizer.step()` runs its pre-hooks (the Child-Tuning masker) and the update.
+
+Precision (`trainer.precision`): the parameters, their gradients and the optimizer state are
+float32 under every precision; bf16 and fp16 run the forward passes (training and evaluation)
+under `torch.autocast`. fp16 also scales the loss (GradScaler), and the step is
+
+    backward(scaled loss) -> unscale -> clip -> optimizer.step() (masker pre-hook, update)
+    -> scaler.update()
+
+so clipping and the masks act on the true gradients, exactly as in fp32. A step whose
+unscaled gradients are not finite is skipped whole: `optimizer.step()` is not called, so no
+step hook runs -- CT_F draws no mask (its stream is indexed by the updates actually applied,
+the k-th update always uses the k-th draws), a regularizer does not step. The learning-rate
+schedule still advances per batch. The record counts `skipped_steps`."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -13,33 +28,78 @@ import torch
 from .fisher import default_loss, model_inputs
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 class TrainingDiverged(RuntimeError):
     pass
 
 
+class Precision:
+    """`trainer.precision` on one device type: the autocast context of forward passes and, for
+    fp16, the gradient scaler (GradScaler works on the CPU too; the run config allows fp16 on
+    CUDA only, see guard.check_precision)."""
+
+    def __init__(self, name: str = "fp32", device: torch.device | str = "cpu"):
+        if name not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+        self.name = name
+        self.device_type = torch.device(device).type
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        self.scaler = torch.amp.GradScaler(self.device_type) if name == "fp16" else None
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def backward_and_step(self, loss, optimizer, params, max_grad_norm) -> tuple:
+        """(gradient norm before clipping or None, whether the optimizer stepped)."""
+        if self.scaler is None:
+            loss.backward()
+            grad_norm = (torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                         if max_grad_norm else None)
+            optimizer.step()
+            return grad_norm, True
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(optimizer)   # the true gradients, before clipping and masking
+        grad_norm = (torch.nn.utils.clip_grad_norm_(params, max_grad_norm) if max_grad_norm
+                     else torch.nn.utils.get_total_norm([p.grad for p in params
+                                                         if p.grad is not None]))
+        stepped = math.isfinite(float(grad_norm))   # not finite <=> some gradient is inf/NaN
+        if stepped:
+            optimizer.step()   # not scaler.step: gradients are unscaled, hooks see them as is
+        self.scaler.update()   # lowers the scale after a non-finite step (unscale_ saw it)
+        return grad_norm, stepped
+
+
 def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float | None,
           progress: bool = True, on_step: Callable[[dict], None] | None = None,
-          loss_fn: Callable = default_loss) -> dict:
-    """Returns what the record keeps: steps, seconds, examples/s, last loss and a digest of the
-    batch order (equal digests = the same examples in the same batches in the same order).
-    `loss_fn(model, batch)` gives the training loss (regularizers wrap the default)."""
+          loss_fn: Callable = default_loss, precision: Precision | None = None) -> dict:
+    """Returns what the record keeps: steps, seconds, examples/s, last loss, skipped steps
+    (fp16) and a digest of the batch order (equal digests = the same examples in the same
+    batches in the same order). `loss_fn(model, batch)` gives the training loss (regularizers
+    wrap the default)."""
     from tqdm.auto import tqdm
 
+    precision = precision or Precision()
     order = hashlib.sha256()
     params = [p for p in model.parameters() if p.requires_grad]
-    steps, examples, loss_value = 0, 0, float("nan")
+    steps, skipped, examples, loss_value = 0, 0, 0, float("nan")
     model.train()
     start = time.perf_counter()
     bar = tqdm(total=epochs * len(loader), desc="train", disable=not progress, leave=False)
     for epoch in range(epochs):
         for batch in loader:
             order.update(batch["idx"].numpy().tobytes())
-            loss = loss_fn(model, batch)
-            loss.backward()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-                         if max_grad_norm else None)
-            optimizer.step()
-            scheduler.step()
+            with precision.autocast():
+                loss = loss_fn(model, batch)
+            grad_norm, stepped = precision.backward_and_step(loss, optimizer, params,
+                                                             max_grad_norm)
+            skipped += not stepped
+            with warnings.catch_warnings():  # a skipped first step: torch warns, we know
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
@@ -54,29 +114,33 @@ def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float
                          "grad_norm": float(grad_norm) if grad_norm is not None else None})
     bar.close()
     seconds = time.perf_counter() - start
-    return {"steps": steps, "examples": examples, "seconds": seconds,
+    return {"steps": steps, "skipped_steps": skipped, "examples": examples, "seconds": seconds,
             "examples_per_s": examples / seconds if seconds else None,
             "last_loss": loss_value, "batch_order_sha256": order.hexdigest()}
 
 
 @torch.no_grad()
-def predict(model, loader, regression: bool) -> tuple[np.ndarray, np.ndarray]:
+def predict(model, loader, regression: bool,
+            precision: Precision | None = None) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
+    precision = precision or Precision()
     preds, labels = [], []
     for batch in loader:
         inputs = model_inputs(model, batch)
         inputs.pop("labels")
-        logits = model(**inputs).logits
+        with precision.autocast():
+            logits = model(**inputs).logits.float()
         preds.append((logits.squeeze(-1) if regression else logits.argmax(-1)).cpu())
         labels.append(batch["labels"])
     return torch.cat(preds).numpy(), torch.cat(labels).numpy()
 
 
-def evaluate(model, loaders: dict, regression: bool, metric_names) -> tuple[dict, float]:
+def evaluate(model, loaders: dict, regression: bool, metric_names,
+             precision: Precision | None = None) -> tuple[dict, float]:
     """Metrics per eval split with the current (last) weights, and the seconds it took."""
     from .metrics import compute
 
     start = time.perf_counter()
-    results = {split: compute(metric_names, *predict(model, loader, regression))
+    results = {split: compute(metric_names, *predict(model, loader, regression, precision))
                for split, loader in loaders.items()}
     return results, time.perf_counter() - start

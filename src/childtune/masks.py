@@ -391,6 +391,14 @@ class ChildTuningF(_GradientMasker):
         return kept / self.seen if self.seen else None
 
 
+def _zero_first_moment_is_no_update(optimizer: torch.optim.Optimizer) -> bool:
+    """Adam-type optimizers whose update of an entry is exactly 0 while its exp_avg is 0,
+    whatever its exp_avg_sq: torch's Adam(W) (every kernel: per-tensor, foreach, fused) and
+    optimizers that declare it (childtune.optim.AdamWHF2021)."""
+    return (type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
+            or getattr(type(optimizer), "zero_first_moment_is_no_update", False))
+
+
 class ChildTuningD(_GradientMasker):
     """A fixed child network (CT_D, random or lowest-Fisher): gradients of non-child entries
     are zeroed every step, with no rescaling. Parameters without a mask update freely.
@@ -426,7 +434,7 @@ class ChildTuningD(_GradientMasker):
         handles = super().attach(optimizer)
         if self.freeze_exactly:
             handles.append(optimizer.register_step_post_hook(lambda *_: self._restore()))
-        if fill_frozen_moments and type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+        if fill_frozen_moments and _zero_first_moment_is_no_update(optimizer):
             pending = set(range(len(self.params)))
             handles.append(optimizer.register_step_post_hook(
                 lambda *_: self._fill_frozen_moments(optimizer, pending)))

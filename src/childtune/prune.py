@@ -79,7 +79,8 @@ def load_trained(model, ct_d: CtdRun) -> dict:
                         f"({misfit[:3]}); delete it (the prune run then trains its own)")
     train = ct_d.record["train"]
     return {**{k: train[k] for k in ("steps", "examples", "last_loss", "batch_order_sha256")},
-            "seconds": 0.0, "examples_per_s": None}
+            "skipped_steps": train.get("skipped_steps", 0), "seconds": 0.0,
+            "examples_per_s": None}
 
 
 def summary(ct_d: CtdRun, metrics_before_prune: dict) -> dict:

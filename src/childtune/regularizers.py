@@ -293,9 +293,11 @@ def check(config: dict) -> None:
         _number(cfg, "gamma")
         _number(cfg, "k")
         _number(cfg, "t0", -math.inf)
-        if config["trainer"]["optimizer"] != "adamw":
-            raise UserError("regularizer=recadam rescales Adam steps: it needs "
-                            "trainer.optimizer=adamw")
+        # Any AdamW: with adamw_hf2021 (decay after the update) `_rescale` anneals the
+        # Adam step and leaves the decay of the annealed result, as the official RecAdam.
+        if not str(config["trainer"]["optimizer"]).startswith("adamw_"):
+            raise UserError("regularizer=recadam rescales Adam steps: it needs an AdamW "
+                            "trainer.optimizer (adamw_fused, adamw_torch or adamw_hf2021)")
     if name == "r3f":
         _number(cfg, "eps")
         if cfg.get("noise") not in NOISE_TYPES:

@@ -101,7 +101,7 @@ def run(cfg: DictConfig) -> Path:
     warmup = optim.warmup_steps(total_steps, cfg.trainer.warmup_ratio)
     if cfg.trainer.official_warmup and child.masker is not None:
         warmup = 0  # the official CT trainers drop warmup_ratio (see README)
-    optimizer = optim.build_optimizer(model, cfg.trainer)
+    optimizer = optim.build_optimizer(model, cfg.trainer, cfg.model.no_decay)
     scheduler = optim.linear_schedule(optimizer, total_steps, warmup)
     regularizer.attach(optimizer)  # before the masker: its step hooks run first
     if child.masker is not None:
@@ -138,23 +138,26 @@ def run(cfg: DictConfig) -> Path:
 
 def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, train_loader,
                         eval_loaders, optimizer, scheduler, warmup, logger, ct_d) -> dict | None:
+    precision = loop.Precision(cfg.trainer.precision, next(model.parameters()).device)
     if ct_d is not None and ct_d.model_path is not None:
         trained = prune.load_trained(model, ct_d)  # prune: CT_D's kept model, no training
     else:
         trained = loop.train(distributed.wrap(model, cfg.seed), train_loader, optimizer,
                              scheduler, cfg.trainer.epochs, cfg.trainer.max_grad_norm,
                              progress=cfg.runtime.progress, on_step=logger.log_step,
-                             loss_fn=regularizer.loss)
+                             loss_fn=regularizer.loss, precision=precision)
     in_sync = distributed.check_in_sync(model, child.masks)  # {} unless under torchrun
     if not distributed.is_main():
         return None
-    metrics, eval_seconds = loop.evaluate(model, eval_loaders, task.is_regression, task.metrics)
+    metrics, eval_seconds = loop.evaluate(model, eval_loaders, task.is_regression, task.metrics,
+                                          precision)
     result = {"metrics": metrics}
     if ct_d is not None:
         variants.M.prune_(model, child.masks)
         result = {"metrics_before_prune": metrics, "prune": prune.summary(ct_d, metrics)}
         result["metrics"], pruned_seconds = loop.evaluate(model, eval_loaders,
-                                                          task.is_regression, task.metrics)
+                                                          task.is_regression, task.metrics,
+                                                          precision)
         eval_seconds += pruned_seconds
 
     mask_info = child.info
@@ -171,7 +174,7 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
         "mask": mask_info,
         "regularizer": regularizer.info(),
         **in_sync,
-        "train": {k: trained[k] for k in ("steps", "examples", "last_loss",
+        "train": {k: trained[k] for k in ("steps", "skipped_steps", "examples", "last_loss",
                                           "batch_order_sha256")} | {"warmup_steps": warmup},
         "timings": {"train_seconds": trained["seconds"], "eval_seconds": eval_seconds,
                     "fisher_seconds": mask_info.get("fisher_seconds", 0.0),
