@@ -88,9 +88,9 @@ def train_vocab(family: str, sentences: list[str]):
     """The family's kind of vocabulary, trained on `sentences`: what its tokenizer class takes."""
     from tokenizers import Tokenizer, models as tm, normalizers, pre_tokenizers, trainers
 
-    if family in ("bert", "electra"):   # cased WordPiece
+    if family in ("bert", "electra"):   # WordPiece: BERT's cased, ELECTRA's uncased
         tok = Tokenizer(tm.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+        tok.normalizer = normalizers.BertNormalizer(lowercase=family == "electra")
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.train_from_iterator(sentences, trainers.WordPieceTrainer(
             vocab_size=VOCAB, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
@@ -142,7 +142,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     folders = {}
     for family, cls in classes.items():
         folder = tmp_path_factory.mktemp(family)
-        extra = {"do_lower_case": False} if family in ("bert", "electra") else {}
+        extra = {"do_lower_case": family == "electra"} if family in ("bert", "electra") else {}
         tokenizer = cls(**train_vocab(family, sentences), **extra)
         torch.manual_seed(0)
         tiny_backbone(family, tokenizer).save_pretrained(folder)
