@@ -204,6 +204,40 @@ def test_xlnet_gets_segment_ids_as_in_2021(checkpoints):
     assert set(types[1, :-1].tolist()) == {0, 1}
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_ct_d_freezes_only_inside_the_blocks(family, checkpoints, rte_dir):
+    """With CT_D's mask (frozen exactly), the non-child entries of the blocks never move; the
+    head, the pooler / summary and the embeddings train freely."""
+    from omegaconf import OmegaConf
+
+    from childtune import loop, optim, variants
+
+    spec = FAMILIES[family]
+    cfg = compose(f"model={spec.hub}", f"model.path={checkpoints[family]}", "task=rte",
+                  "variant=child_tuning_d", "variant.decay_frozen=false", "trainer.lr=1e-2")
+    torch.manual_seed(0)
+    model = models.load_model(cfg.model, num_labels=2)
+    split = data.load_splits(get_task("rte"), rte_dir, None, 0)["train"]
+    encoded = data.Encoded(split, models.load_tokenizer(cfg.model), MAX_LEN, False)
+    child = variants.build(OmegaConf.to_container(cfg, resolve=True)["variant"], model,
+                           fisher_loader=lambda seed: data.make_loader(encoded, 4, seed),
+                           max_grad_norm=1.0, seed=1, cache_dir=None, cache_parts={})
+    assert sorted(child.masks) == sorted(spec.in_scope())
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = optim.build_optimizer(model, cfg.trainer)
+    child.masker.attach(optimizer)
+    loop.train(model, data.make_loader(encoded, 4, 1), optimizer,
+               optim.linear_schedule(optimizer, 4, 0), 1, 1.0, progress=False)
+    after = dict(model.named_parameters())
+    for name, mask in child.masks.items():
+        assert torch.equal(after[name][~mask], before[name][~mask]), name
+    moved = {n for n in after if not torch.equal(after[n], before[n])}
+    assert set(spec.outside) - {"transformer.mask_emb"} <= moved   # XLNet's is unused here
+    for name in spec.outside:
+        if "classifier" in name or "logits_proj" in name or "summary" in name or "pooler" in name:
+            assert bool((after[name] != before[name]).all()), name   # every entry moved
+
+
 # ---------------------------------------------------------------- padding
 
 @pytest.mark.parametrize("family", FAMILIES)
