@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from childtune.data import load_splits, read_local, resolve_data_dir
+from childtune.data import Encoded, Split, load_splits, read_local, resolve_data_dir
 from childtune.errors import UserError
+from childtune.models import load_tokenizer
 from childtune.tasks import TASKS, get_task
 
-from conftest import SHARED_DATA, needs_data
+from conftest import SHARED_DATA, compose, needs_data
 
 EXPECTED_ROWS = {
     "cola": {"train": 8551, "dev": 1043},
@@ -105,3 +107,35 @@ def test_hub_unreachable_says_to_set_the_data_dir(monkeypatch):
     monkeypatch.delenv("CHILDTUNE_DATA_DIR", raising=False)
     with pytest.raises(UserError, match="could not load nyu-mll/glue.*set CHILDTUNE_DATA_DIR"):
         load_splits(get_task("rte"), None, None, 0)
+
+
+PAIRS = [("A man is playing a guitar on the stage.", "Someone plays music."), ("Hi.", "Yes."),
+         ("The cat sat on the mat while the dog slept by the door.", "A cat sat.")]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_batches_are_padded_as_the_tokenizer_pads(side):
+    """On the tokenizer's side with its pad ids (XLNet pads on the left and reads the last
+    token): the same tensors as the tokenizer's own `pad`."""
+    tokenizer = load_tokenizer(compose("model=tiny").model)
+    tokenizer.padding_side = side
+    encoded = Encoded(Split(PAIRS, [0, 1, 0]), tokenizer, 128, False)
+    batch = encoded.collate([0, 1, 2])
+    reference = tokenizer.pad(encoded.features, padding=True, return_tensors="pt")
+    assert set(batch) == set(reference) | {"labels", "idx"}
+    for key, value in reference.items():
+        assert torch.equal(batch[key], value), key
+    assert batch["attention_mask"][1, 0 if side == "left" else -1] == 0
+
+
+def test_right_padded_batches_are_unchanged():
+    """MiniLM (right padding): each example followed by pad id 0 in every column, as before
+    the padding side was honoured, so its runs keep their numbers."""
+    tokenizer = load_tokenizer(compose("model=minilm").model)
+    encoded = Encoded(Split(PAIRS, [0, 1, 0]), tokenizer, 128, False)
+    batch = encoded.collate([2, 1])
+    longest = len(encoded.features[2]["input_ids"])
+    for key in ("input_ids", "token_type_ids", "attention_mask"):
+        rows = [f[key] + [0] * (longest - len(f[key])) for f in (encoded.features[2],
+                                                                 encoded.features[1])]
+        assert torch.equal(batch[key], torch.tensor(rows)), key

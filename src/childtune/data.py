@@ -166,14 +166,18 @@ def load_splits(task: Task, data_dir: Path | None, n_train: int | None,
 
 
 class Encoded(torch.utils.data.Dataset):
-    """Tokenized examples (no padding); items are indices, batches are padded by `collate`."""
+    """Tokenized examples (no padding); items are indices, batches are padded by `collate`
+    on the tokenizer's side with its pad ids."""
 
     def __init__(self, split: Split, tokenizer, max_seq_length: int, regression: bool):
         columns = list(zip(*split.texts))
         enc = tokenizer(*columns, truncation=True, max_length=max_seq_length)
         self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(split))]
         self.labels = torch.tensor(split.labels, dtype=torch.float if regression else torch.long)
-        self.pad_id = tokenizer.pad_token_id or 0
+        # as the tokenizer pads: XLNet's on the left (its head reads the last token)
+        self.pad_values = {"input_ids": tokenizer.pad_token_id or 0,
+                           "token_type_ids": tokenizer.pad_token_type_id}
+        self.pad_left = tokenizer.padding_side == "left"
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -185,12 +189,15 @@ class Encoded(torch.utils.data.Dataset):
         longest = max(len(self.features[i]["input_ids"]) for i in indices)
         batch = {}
         for key in self.features[indices[0]]:
-            pad = self.pad_id if key == "input_ids" else 0
-            batch[key] = torch.tensor([f[key] + [pad] * (longest - len(f[key]))
+            pad = self.pad_values.get(key, 0)
+            batch[key] = torch.tensor([self._padded(f[key], [pad] * (longest - len(f[key])))
                                        for f in (self.features[i] for i in indices)])
         batch["labels"] = self.labels[indices]
         batch["idx"] = torch.tensor(indices)
         return batch
+
+    def _padded(self, values: list[int], padding: list[int]) -> list[int]:
+        return padding + values if self.pad_left else values + padding
 
 
 def make_loader(encoded: Encoded, batch_size: int, shuffle_seed: int | None):

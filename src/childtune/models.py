@@ -48,7 +48,19 @@ def load_tokenizer(model_cfg):
     _quiet_transformers()
     if model_cfg.source in ("embedded", "tiny"):
         return AutoTokenizer.from_pretrained(embedded_model_dir(), local_files_only=True)
-    return _from_hub(AutoTokenizer, model_cfg.path)
+    tokenizer = _from_hub(AutoTokenizer, model_cfg.path)
+    if model_cfg.get("pad_token_type_id") is not None:
+        _restore_segment_ids(tokenizer, model_cfg.pad_token_type_id)
+    return tokenizer
+
+
+def _restore_segment_ids(tokenizer, pad_token_type_id: int) -> None:
+    """transformers 5's XLNet tokenizer no longer returns the segment ids that 4.x's did (the
+    official code ran 4.7): 0 and 1 for the two texts, 2 for <cls>, and `pad_token_type_id`
+    (3) for padding (transformers issue 48128). `model.pad_token_type_id` asks for them back."""
+    if "token_type_ids" not in tokenizer.model_input_names:
+        tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    tokenizer._pad_token_type_id = pad_token_type_id
 
 
 def load_model(model_cfg, num_labels: int):
