@@ -80,3 +80,16 @@ def test_a_changed_label_gets_a_new_mask_and_the_record_names_the_data(run_tiny,
     assert relabelled["data"]["sha256"]["train"] != first["data"]["sha256"]["train"]
     assert relabelled["data"]["sha256"]["dev"] == first["data"]["sha256"]["dev"]
     assert relabelled["identity"] == first["identity"]   # same settings, other data
+
+
+def test_the_data_fingerprint_sees_texts_labels_and_order():
+    from childtune.data import Split, fingerprint
+
+    split = Split([("a b", "c"), ("d", "e f")], [0, 1])
+    same = Split([("a b", "c"), ("d", "e f")], [0, 1])
+    others = [Split([("a b", "c"), ("d", "e f")], [1, 1]),      # a label
+              Split([("a b", "c"), ("d", "e g")], [0, 1]),      # a text
+              Split([("d", "e f"), ("a b", "c")], [1, 0]),      # the order
+              Split([("a", "b c"), ("d", "e f")], [0, 1])]      # where one text ends
+    assert fingerprint(split) == fingerprint(same)
+    assert len({fingerprint(s) for s in [split, *others]}) == 5

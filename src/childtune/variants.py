@@ -141,9 +141,10 @@ def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progr
     start = time.perf_counter()
     # The Fisher pass draws dropout and shuffling from its own seeded streams, so the training
     # that follows sees the same random stream as a vanilla run with the same seed, and a run
-    # that reuses a cached mask the same as one that computes it. manual_seed seeds every GPU
-    # too: all their streams are forked.
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+    # that reuses a cached mask the same as one that computes it: the streams of the CPU and
+    # of the model's GPUs (manual_seed seeds the GPUs too) are restored afterwards.
+    cuda = sorted({q.device.index or 0 for q in model.parameters() if q.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(fisher_seed)
         fisher = fisher_information(model, fisher_loader(fisher_seed), names,
                                     max_grad_norm=max_grad_norm, progress=progress,
@@ -255,5 +256,6 @@ def fixed_child(variant: dict, model, masks: dict[str, torch.Tensor], info: dict
     masker = M.ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
     info.update({"kind": variant["mask"], "p": variant.get("p"), "scope": variant.get("scope"),
                  **({"k": variant["k"]} if variant.get("k") is not None else {}),
-                 "statistics": M.mask_statistics(masks, model), "sha256": digest(masks.values())})  # as DDP's masks_sha256
+                 "statistics": M.mask_statistics(masks, model),
+                 "sha256": digest(masks.values())})  # the digest DDP's masks_sha256 uses
     return ChildNetwork(masker=masker, masks=masks, info=info)
