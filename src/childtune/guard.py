@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, records
 from .errors import UserError
-from .loop import TrainingDiverged
+from .loop import PRECISIONS, TrainingDiverged
+from .optim import OPTIMIZERS, fused_adamw_supported
 
 CACHED_MASKS = ("fisher_top", "fisher_bottom", "random")  # variants.build caches these
 
@@ -47,9 +48,6 @@ def _number(value) -> bool:
 
 def check_trainer(trainer: dict) -> None:
     """The trainer values that would otherwise fail (or silently do nothing) mid-run."""
-    from .loop import PRECISIONS
-    from .optim import OPTIMIZERS
-
     if trainer.get("optimizer") not in OPTIMIZERS:
         raise UserError(f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got "
                         f"{trainer.get('optimizer')!r}")
@@ -80,7 +78,6 @@ def check_device_support(config: dict) -> None:
     import torch
 
     from .models import device
-    from .optim import fused_adamw_supported
 
     trainer = config["trainer"]
     where = device(config["runtime"].get("device"))

@@ -38,7 +38,7 @@ class TrainingDiverged(RuntimeError):
 class Precision:
     """`trainer.precision` on one device type: the autocast context of forward passes and, for
     fp16, the gradient scaler (GradScaler works on the CPU too; the run config allows fp16 on
-    CUDA only, see guard.check_precision)."""
+    CUDA only, see guard.check_device_support)."""
 
     def __init__(self, name: str = "fp32", device: torch.device | str = "cpu"):
         if name not in PRECISIONS:
@@ -96,10 +96,13 @@ def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float
                 loss = loss_fn(model, batch)
             grad_norm, stepped = precision.backward_and_step(loss, optimizer, params,
                                                              max_grad_norm)
-            skipped += not stepped
-            with warnings.catch_warnings():  # a skipped first step: torch warns, we know
-                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+            if stepped:
                 scheduler.step()
+            else:   # the schedule advances per batch (a skipped first step makes torch warn)
+                skipped += 1
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                    scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value = loss.item()
             if not math.isfinite(loss_value):

@@ -101,7 +101,8 @@ def run(cfg: DictConfig) -> Path:
     warmup = optim.warmup_steps(total_steps, cfg.trainer.warmup_ratio)
     if cfg.trainer.official_warmup and child.masker is not None:
         warmup = 0  # the official CT trainers drop warmup_ratio (see README)
-    optimizer = optim.build_optimizer(model, cfg.trainer, cfg.model.no_decay)
+    optimizer = optim.build_optimizer(model, cfg.trainer,
+                                      cfg.model.get("no_decay", optim.OFFICIAL_NO_DECAY))
     scheduler = optim.linear_schedule(optimizer, total_steps, warmup)
     regularizer.attach(optimizer)  # before the masker: its step hooks run first
     if child.masker is not None:

@@ -161,7 +161,8 @@ def evaluate_on(cfg, task: Task, target: Task, model, tokenizer, data_dir) -> di
     split = data.read_split(target, data_dir, split_name)
     encoded = data.Encoded(split, tokenizer, cfg.data.max_seq_length, regression=False)
     loader = data.make_loader(encoded, cfg.trainer.eval_batch_size, None)
-    preds, labels = loop.predict(model, loader, regression=False)
+    precision = loop.Precision(cfg.trainer.precision, next(model.parameters()).device)
+    preds, labels = loop.predict(model, loader, regression=False, precision=precision)
     predicted = np.asarray(to_space(task, space))[preds]
     gold = np.asarray(to_space(target, space))[labels]
     return {"split": split_name, "accuracy": float((predicted == gold).mean()),
