@@ -244,7 +244,8 @@ def test_ct_d_freezes_only_inside_the_blocks(family, checkpoints, rte_dir):
 def test_mixed_lengths_give_each_example_its_own_logits(family, checkpoints):
     model_cfg = hub_config(family, checkpoints[family])
     torch.manual_seed(0)
-    model = models.load_model(model_cfg, num_labels=2)   # eval mode, as from_pretrained returns
+    model = models.load_model(model_cfg, num_labels=2)
+    assert not model.training   # eval mode, as from_pretrained returns it: no dropout
     tokenizer = models.load_tokenizer(model_cfg)
     texts = [(r[1], r[2]) for r in rte_rows(3)[1:]] + [("Short.", "Tiny."), ("A b c d.", "E.")]
     split = data.Split(texts, [0] * len(texts))
