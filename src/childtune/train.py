@@ -41,6 +41,8 @@ def rerun_command() -> str:
 
 def check_config(config: dict) -> None:
     get_task(config["task"]["name"])
+    if unset := records.unset_study_keys(config):
+        raise UserError(f"{', '.join(unset)} is not chosen yet (`???` in the protocol config)")
     variants.check_variant(config["variant"])
     regularizers.check(config)
     prune.check(config)
