@@ -60,7 +60,8 @@ def paired_t_power(delta: float, sd: float, n: int, alpha: float = ALPHA) -> flo
     df = n - 1
     crit = stats.t.ppf(1 - alpha / 2, df)
     nc = delta * math.sqrt(n) / sd
-    return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    lower = float(stats.nct.cdf(-crit, df, nc))  # scipy gives NaN where it is ~0 (large nc)
+    return float(stats.nct.sf(crit, df, nc)) + (0.0 if math.isnan(lower) else lower)
 
 
 def detectable_difference(sd: float, n: int, power: float = POWER,
