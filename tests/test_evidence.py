@@ -240,3 +240,13 @@ def test_the_tables_carry_the_corrected_tests(tmp_path):
     assert "child_tuning_d vs child_tuning_f" in markdown
     assert {"p_holm", "p_ttest_rel", "p_wilcoxon", "mde_80", "sd_diff"} <= set(tests.columns)
     assert list(tests["p_holm"]) == pytest.approx(_holm_plainly(list(tests["p_ttest_rel"])))
+
+
+def test_the_ablation_is_tested_as_the_paper_compares_it():
+    obs = _obs({("vanilla", "stsb", None): [70, 72, 75], ("child_tuning_d", "stsb", None): [75, 76, 78],
+                ("lowest_fisher", "stsb", None): [33, 34, 31], ("prune", "stsb", None): [8, 9, 7],
+                ("prune (before pruning)", "stsb", None): [75, 76, 78]})
+    pairs = set(zip(evidence.paired_tests(obs)["row"], evidence.paired_tests(obs)["versus"]))
+    assert pairs == {("child_tuning_d", "vanilla"), ("lowest_fisher", "vanilla"),
+                     ("lowest_fisher", "child_tuning_d"), ("prune", "vanilla"),
+                     ("prune", "child_tuning_d")}   # before-pruning repeats CT_D: not retested
