@@ -243,10 +243,12 @@ def test_the_tables_carry_the_corrected_tests(tmp_path):
 
 
 def test_the_ablation_is_tested_as_the_paper_compares_it():
-    obs = _obs({("vanilla", "stsb", None): [70, 72, 75], ("child_tuning_d", "stsb", None): [75, 76, 78],
+    obs = _obs({("vanilla", "stsb", None): [70, 72, 75],
+                ("child_tuning_d", "stsb", None): [75, 76, 78],
                 ("lowest_fisher", "stsb", None): [33, 34, 31], ("prune", "stsb", None): [8, 9, 7],
                 ("prune (before pruning)", "stsb", None): [75, 76, 78]})
-    pairs = set(zip(evidence.paired_tests(obs)["row"], evidence.paired_tests(obs)["versus"]))
+    tests = evidence.paired_tests(obs)
+    pairs = set(zip(tests["row"], tests["versus"]))
     assert pairs == {("child_tuning_d", "vanilla"), ("lowest_fisher", "vanilla"),
                      ("lowest_fisher", "child_tuning_d"), ("prune", "vanilla"),
                      ("prune", "child_tuning_d")}   # before-pruning repeats CT_D: not retested
