@@ -252,3 +252,28 @@ def test_the_ablation_is_tested_as_the_paper_compares_it():
     assert pairs == {("child_tuning_d", "vanilla"), ("lowest_fisher", "vanilla"),
                      ("lowest_fisher", "child_tuning_d"), ("prune", "vanilla"),
                      ("prune", "child_tuning_d")}   # before-pruning repeats CT_D: not retested
+
+
+def test_where_vanilla_learns_is_read_from_the_records(tmp_path):
+    sizes = plan.make_plan(["experiment=low_resource_sizes", "protocol=cpu", "task=rte",
+                            "data.n_train=250,500"])
+    accuracy = {(250, 101): 150, (250, 102): 175, (500, 101): 175, (500, 102): 180}  # of 277
+    for run in sizes.runs:
+        ident = run["identity"]
+        value = accuracy[(ident["n_train"], ident["seed"])] / 277
+        records.write_record(tmp_path, {
+            "status": "success", "identity": ident, "data": {"sizes": {"dev": 277}},
+            "headline": {"metric": "accuracy", "split": "dev", "value": value},
+            "metrics": {"dev": {"accuracy": value}}})
+    reference = {**sizes.runs[0]["identity"], "variant": "reference", "n_train": None}
+    records.write_record(tmp_path, {
+        "status": "success", "identity": reference, "finished_at": "2026",
+        "headline": {"metric": "accuracy", "split": "dev", "value": 146 / 277},
+        "reference": {"majority_class": {"dev": {"prediction": "not_entailment",
+                                                 "share": 146 / 277,
+                                                 "metrics": {"accuracy": 146 / 277}}}}})
+    recs = {r["path"]: r for r in records.read_records(tmp_path)}
+    found = evidence.learnable_sizes(sizes, recs).set_index("n_train")
+    # 150/277 is not above 146/277 at 5% (one seed fails); 175 and 180 of 277 are
+    assert not found.loc[250, "learns"] and found.loc[500, "learns"]
+    assert evidence.smallest_learnable(found.reset_index()) == {"rte": 500}
