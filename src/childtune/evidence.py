@@ -128,6 +128,11 @@ def paired_tests(obs: pd.DataFrame) -> pd.DataFrame:
     return tests
 
 
+def _by(frame: pd.DataFrame, *keys: str) -> dict[tuple, dict]:
+    """The frame's rows as dicts, keyed by the values of `keys`."""
+    return dict(zip(zip(*(frame[k] for k in keys)), frame.to_dict("records")))
+
+
 def test_text(test: dict) -> str:
     if test["n_pairs"] == 0:
         return "—"
@@ -142,8 +147,7 @@ def tests_grid(tests: pd.DataFrame, panel: str) -> dict | None:
     if not len(part):
         return None
     columns = [c for c in dict.fromkeys(part["column"]) if c != "avg"] + ["avg"]
-    cell = {(r, v, c): t for r, v, c, t in zip(part["row"], part["versus"], part["column"],
-                                               part.to_dict("records"))}
+    cell = _by(part, "row", "versus", "column")
     pairs = list(dict.fromkeys(zip(part["row"], part["versus"])))
     return {"header": ["comparison", *columns],
             "rows": [[f"{r} vs {v}", *(test_text(cell[(r, v, c)]) if (r, v, c) in cell else ""
@@ -223,8 +227,7 @@ def rates_grid(chosen: pd.DataFrame, panel: str) -> dict | None:
     if not len(part):
         return None
     columns = list(dict.fromkeys(part["column"]))
-    cell = {(v, c): r for v, c, r in zip(part["variant"], part["column"],
-                                         part.to_dict("records"))}
+    cell = _by(part, "variant", "column")
 
     def text(c: dict | None) -> str:
         if c is None:
@@ -302,14 +305,13 @@ def sizes_grid(sizes: pd.DataFrame) -> dict | None:
     if not len(sizes):
         return None
     tasks = list(dict.fromkeys(sizes["task"]))
-    cell = {(t, n): r for t, n, r in zip(sizes["task"], sizes["n_train"],
-                                         sizes.to_dict("records"))}
+    cell = _by(sizes, "task", "n_train")
 
     def text(c: dict | None) -> str:
         if c is None:
             return ""
         if not c["complete"]:
-            return f"p ≤ {_p(c['p_max'])}{DAGGER}" if not math.isnan(c["p_max"]) else DAGGER
+            return DAGGER if math.isnan(c["p_max"]) else f"max p={_p(c['p_max'])} so far{DAGGER}"
         return f"{'learns' if c['learns'] else 'no'} (max p={_p(c['p_max'])})"
 
     smallest = smallest_learnable(sizes)
