@@ -15,11 +15,11 @@ from scipy import stats
 
 from childtune import aggregate, evidence, plan, records
 from childtune.data import Split
-from childtune.errors import UserError
+from childtune.errors import UnsetValue
 from childtune.reference_rows import majority_class
 from childtune.tasks import get_task
 
-from conftest import compose
+from conftest import compose, run_cli
 
 
 def _holm_plainly(p_values):
@@ -188,9 +188,9 @@ def test_cpu_full_lists_its_studies_in_order_and_waits_for_chosen_values():
                           identities=False)
     assert len(grid.runs) == 4 * 3 * 4 * 2                      # tasks x variants x lrs x seeds
     assert {r["overrides"]["seed"] for r in grid.runs} == {101, 102}
-    with pytest.raises(plan.Waiting, match="protocol.tuned_lr.vanilla"):
+    with pytest.raises(UnsetValue, match="protocol.tuned_lr.vanilla"):
         plan.make_plan(["experiment=main", "protocol=cpu_full"])
-    with pytest.raises(plan.Waiting, match="protocol.studies.low_resource.sizes"):
+    with pytest.raises(UnsetValue, match="protocol.studies.low_resource.sizes"):
         plan.make_plan(["experiment=low_resource", "protocol=cpu_full"])
 
 
@@ -207,15 +207,21 @@ def test_cpu_full_main_trains_each_variant_at_its_chosen_rate():
             if r["identity"]["variant"] != "vanilla"} == {1e-4}      # CT_D's rate
 
 
-def test_train_refuses_a_study_whose_protocol_value_is_not_chosen():
+def test_train_refuses_a_study_whose_protocol_value_is_not_chosen(tmp_path):
     from childtune.train import check_config
     from omegaconf import OmegaConf
 
     cfg = compose("experiment=low_resource", "protocol=cpu_full", "data.n_train=100",
                   *(f"protocol.tuned_lr.vanilla.{t}=1e-4" for t in ("cola", "rte", "mrpc",
                                                                   "stsb")))
-    with pytest.raises(UserError, match="low_resource.sizes is not chosen yet"):
+    with pytest.raises(UnsetValue, match="waits for protocol.studies.low_resource.sizes"):
         check_config(OmegaConf.to_container(cfg, resolve=True))
+    main = run_cli("experiment=main", "protocol=cpu_full", "task=rte",
+                   "seed=1", f"results_dir={tmp_path}")
+    assert main.returncode == 2 and not (tmp_path / "runs").exists()
+    assert main.stderr.strip().splitlines() == [
+        "error: waits for protocol.tuned_lr.vanilla.rte (`???` in the protocol config: set it "
+        "from the table of the study that chooses it)"]
 
 
 def test_the_tables_carry_the_corrected_tests(tmp_path):

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checkpoints, records
-from .errors import UserError
+from .errors import UnsetValue, UserError, resolving
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PLANS = "plans"
@@ -106,15 +106,6 @@ def protocol_studies(overrides: list[str]) -> list[str]:
     return list(order) if order else studies()
 
 
-class Waiting(UserError):
-    """A study whose config still has a value to be chosen from another study's records
-    (`???` in the protocol, e.g. cpu_full's per-variant learning rates before the lr grid)."""
-
-    def __init__(self, keys: list[str]):
-        super().__init__(f"waits for {', '.join(keys)} (`???` in the protocol config: set it "
-                         f"from the study that chooses it)")
-
-
 def conf_sha() -> str:
     """A digest of every config file: plans made from the same configs are the same."""
     digest = hashlib.sha256()
@@ -153,17 +144,7 @@ def compose(overrides: list[str], hydra_node: bool = False):
 def resolved(overrides: list[str]) -> dict:
     from omegaconf import OmegaConf
 
-    return _resolving(lambda: OmegaConf.to_container(compose(overrides), resolve=True))
-
-
-def _resolving(build):
-    """build(), with a value still to be chosen (`???`) reported as Waiting on that key."""
-    from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryValue
-
-    try:
-        return build()
-    except (InterpolationToMissingValueError, MissingMandatoryValue) as exc:
-        raise Waiting([str(exc).splitlines()[0].rsplit(": ", 1)[-1]]) from None
+    return resolving(lambda: OmegaConf.to_container(compose(overrides), resolve=True))
 
 
 def _parse(overrides: list[str]):
@@ -238,12 +219,12 @@ def make_plan(overrides: list[str], identities: bool = True) -> Plan:
     overrides = [o for o in overrides if _plan_key(o.split("=", 1)[0])]
     fixed = [str(o.input_line) for o in _parse(overrides) if not o.is_sweep_override()]
     root = compose(fixed, hydra_node=True)
-    params = _resolving(lambda: OmegaConf.to_container(root.hydra.sweeper.params,
-                                                       resolve=True)) or {}
+    params = resolving(lambda: OmegaConf.to_container(root.hydra.sweeper.params,
+                                                      resolve=True)) or {}
     protocol = OmegaConf.select(root, "protocol.name", default=None)
     if unset := records.unset_study_keys({"study": root.study, "protocol": OmegaConf.to_container(
             root.protocol, resolve=False) if "protocol" in root else None}):
-        raise Waiting(unset)
+        raise UnsetValue(unset)
     plan = Plan(root.study, protocol, overrides, [], conf_sha=conf_sha())
     jobs = expand({k: str(v) for k, v in params.items()}, overrides)
     if not identities:
@@ -414,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 plan = cached_plan(results_dir, launch,
                                    save=launching or options["save"] == "true")
-            except Waiting as exc:
+            except UnsetValue as exc:  # a value still `???`: the study waits
                 print(f"{study:16s} {exc}", flush=True)
                 if launching:  # the studies after it need what it waits for
                     print(f"error: stopped before {study}: it {exc}", file=sys.stderr)

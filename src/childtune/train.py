@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import (data, distributed, guard, loggers, loop, models, optim, prune, records,
                reference_rows, regularizers, transfer, variants)
-from .errors import UserError
+from .errors import UnsetValue, UserError
 from .tasks import get_task
 
 
@@ -42,7 +42,7 @@ def rerun_command() -> str:
 def check_config(config: dict) -> None:
     get_task(config["task"]["name"])
     if unset := records.unset_study_keys(config):
-        raise UserError(f"{', '.join(unset)} is not chosen yet (`???` in the protocol config)")
+        raise UnsetValue(unset)
     variants.check_variant(config["variant"])
     regularizers.check(config)
     prune.check(config)
