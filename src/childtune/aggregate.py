@@ -36,7 +36,8 @@ METHOD = ("Scores x100: each task's headline metric (the record's `headline`; a 
 
 # The Δ grids of tables.grids: (key, heading, tex caption).
 DELTA_GRIDS = (
-    ("delta", "Δ vs vanilla (p: paired t-test over seeds):", "difference to vanilla (p)."),
+    ("delta", "Δ vs vanilla (p: paired t-test over seeds, uncorrected; Holm-corrected in the "
+     "paired tests below):", "difference to vanilla (uncorrected p)."),
     ("without_ct_d", "Δ vs the method without CT_D (each `<method>_ct_d` row against "
      "`<method>`, paired by seed; p: paired t-test over seeds):",
      "difference to the method without CT_D (p)."))
