@@ -176,7 +176,7 @@ def test_a_reference_run_is_a_record_and_the_tables_show_it(tmp_path, tiny_data)
     grid = evidence.reference_grid(recs, {"tiny"}, ["rte", "mrpc", "avg"])
     assert grid["header"] == ["reference (not a run)", "rte", "mrpc"]
     assert grid["rows"][0][1].startswith("50.00 (accuracy")
-    assert grid["rows"][0][2].startswith("— (no record")
+    assert grid["rows"][0][2] == "— (not run)"
 
 
 def test_cpu_full_lists_its_studies_in_order_and_waits_for_chosen_values():

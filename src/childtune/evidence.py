@@ -172,7 +172,7 @@ def reference_records(recs: dict[str, dict], model: str) -> dict[str, dict]:
 
 def _reference_text(record: dict | None, row: str) -> str:
     if record is None:
-        return "— (no record: experiment=reference_rows)"
+        return "— (not run)"
     headline = record["headline"]
     part = (record["reference"].get(row) or {}).get(headline["split"])
     if part is None:
