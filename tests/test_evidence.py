@@ -19,7 +19,7 @@ from childtune.errors import UnsetValue
 from childtune.reference_rows import majority_class
 from childtune.tasks import get_task
 
-from conftest import compose, run_cli
+from conftest import SHARED_DATA, compose, needs_data, run_cli
 
 
 def _holm_plainly(p_values):
@@ -283,3 +283,18 @@ def test_where_vanilla_learns_is_read_from_the_records(tmp_path):
     # 150/277 is not above 146/277 at 5% (one seed fails); 175 and 180 of 277 are
     assert not found.loc[250, "learns"] and found.loc[500, "learns"]
     assert evidence.smallest_learnable(found.reset_index()) == {"rte": 500}
+
+
+@pytest.mark.integration
+@needs_data
+def test_the_untrained_minilm_scores_stsb_by_cosine_as_measured_in_issue_16(tmp_path):
+    """Issue 16 measured the embedded model's zero-shot Pearson on STS-B dev at 86.96; the
+    majority class of a regression task has no correlation (null, never a number)."""
+    from childtune.train import run
+
+    cfg = compose("experiment=reference_rows", "task=stsb", "variant=reference", "seed=1",
+                  f"data.dir={SHARED_DATA}", f"results_dir={tmp_path}", "runtime.progress=false")
+    record = json.loads(Path(run(cfg)).read_text())
+    zero_shot = record["reference"]["zero_shot_cosine"]["dev"]["metrics"]
+    assert round(100 * zero_shot["pearson"], 2) == 86.96
+    assert record["headline"]["value"] is None
