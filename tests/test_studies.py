@@ -19,6 +19,8 @@ EXPECTED = {
     ("task_transfer", "cpu"): 3 * 3 * 5, ("task_transfer", "paper"): 3 * 3 * 10,
     ("prior_methods", "cpu"): 4 * 8 * 5, ("prior_methods", "paper"): 4 * 8 * 10,
     ("combinations", "cpu"): 4 * 12 * 5, ("combinations", "paper"): 4 * 12 * 10,
+    ("reference_rows", "cpu"): 4, ("reference_rows", "paper"): 4,
+    ("low_resource_sizes", "cpu"): 4 * 4 * 2, ("low_resource_sizes", "paper"): 4 * 4 * 2,
 }
 
 

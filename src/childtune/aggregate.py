@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import plan as plans_mod
-from . import records, tables
+from . import evidence, records, tables
 from .atomic import atomic_file
 from .errors import UserError
 from .plan import Plan
@@ -36,7 +36,8 @@ METHOD = ("Scores x100: each task's headline metric (the record's `headline`; a 
 
 # The Δ grids of tables.grids: (key, heading, tex caption).
 DELTA_GRIDS = (
-    ("delta", "Δ vs vanilla (p: paired t-test over seeds):", "difference to vanilla (p)."),
+    ("delta", "Δ vs vanilla (p: paired t-test over seeds, uncorrected; Holm-corrected in the "
+     "paired tests below):", "difference to vanilla (uncorrected p)."),
     ("without_ct_d", "Δ vs the method without CT_D (each `<method>_ct_d` row against "
      "`<method>`, paired by seed; p: paired t-test over seeds):",
      "difference to the method without CT_D (p)."))
@@ -123,6 +124,7 @@ def _section(plan: Plan, label: str, recs: dict, reference: list[dict], referenc
           + (f" Learning rates: {rates}." if (rates := tables.learning_rates(plan)) else ""),
           ""]
     tex = []
+    tests, judging = _judging(plan, obs, recs)
     for grid in tables.grids(stats, obs, reference):
         title = f"{plan.study}, {label}" + (f", {grid['panel']}" if grid["panel"] else "")
         if grid["panel"]:
@@ -133,6 +135,9 @@ def _section(plan: Plan, label: str, recs: dict, reference: list[dict], referenc
             if grid[key]:
                 md += [heading, "", tables.markdown_table(grid[key]), ""]
                 tex.append(tables.tex_table(grid[key], f"{title}: {caption}"))
+        for heading, caption, judged in judging(grid):
+            md += [heading, "", tables.markdown_table(judged), ""]
+            tex.append(tables.tex_table(judged, f"{title}: {caption}"))
     entries = tables.paper_entries(reference, plan.study, set(obs["model"]))
     if entries:
         md += [f"Paper's reported numbers for this study ({reference_path}; not our runs):", ""]
@@ -143,7 +148,49 @@ def _section(plan: Plan, label: str, recs: dict, reference: list[dict], referenc
         md.append("")
     csv = tables.paper_csv_columns(stats, reference, set(obs["model"]))
     csv.insert(1, "plan_label", label)
-    return md, tex, csv, obs
+    tests = tests.assign(plan=plan.name, plan_label=label, study=plan.study)
+    return md, tex, (csv, tests), obs
+
+
+REFERENCE_HEADING = ("Reference rows (not our runs; computed from the dev set by "
+                     "`experiment=reference_rows`, records under results/runs/*/*/reference/):")
+TESTS_HEADING = (
+    "Paired tests (by seed; two-sided paired t-test): Δ = mean difference, Holm p = corrected "
+    "over the {m} tests of this table (Holm's step-down), p = uncorrected; MDE = the smallest "
+    "mean difference the test detects with 80% power at α = 0.05 given its pairs and the "
+    "observed SD of their differences (noncentral t; a Δ below it that is not significant is no "
+    "evidence of no difference). Wilcoxon p in <study>_tests.csv:")
+RATES_HEADING = ("Chosen learning rate per variant and task (highest mean over the seeds; "
+                 "the mean in brackets). **" + evidence.EDGE + "** = the grid's smallest or "
+                 "largest rate: not a choice, extend the grid:")
+SIZES_HEADING = ("Where vanilla learns: each run against the majority class on the dev set, "
+                 "one-sided (accuracy: exact binomial vs the majority share; CoLA: MCC > 0, "
+                 "χ² = n·MCC²; STS-B: Pearson r > 0); `learns` = every seed p < 0.05. "
+                 "low_resource's sizes: the smallest that learns per task, and the full sets:")
+
+
+def _judging(plan: Plan, obs: pd.DataFrame, recs: dict):
+    """The table's paired tests, and per panel grid the evidence.py grids (heading, tex
+    caption, grid) a reader needs besides the scores."""
+    tests = evidence.paired_tests(obs)
+    rates = evidence.chosen_rates(obs) if "trainer.lr" in plan.swept else pd.DataFrame()
+    sizes = evidence.learnable_sizes(plan, recs) if plan.study == "low_resource_sizes" else None
+    models = set(obs["model"])
+
+    def grids(grid: dict) -> list[tuple[str, str, dict]]:
+        panel = grid["panel"]
+        columns = [c for c in grid["score"]["header"][1:] if not c.startswith("paper ")]
+        out = [(REFERENCE_HEADING, "reference rows, not our runs.",
+                evidence.reference_grid(recs, models, columns)),
+               (TESTS_HEADING.format(m=int(tests["m_tests"].iloc[0]) if len(tests) else 0),
+                "paired tests, Holm-corrected p, detectable difference.",
+                evidence.tests_grid(tests, panel)),
+               (RATES_HEADING, "chosen learning rates.", evidence.rates_grid(rates, panel))]
+        if sizes is not None and panel == next(iter(dict.fromkeys(obs["panel"]))):
+            out.append((SIZES_HEADING, "where vanilla learns.", evidence.sizes_grid(sizes)))
+        return [(h, c, g) for h, c, g in out if g]
+
+    return tests, grids
 
 
 def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
@@ -155,20 +202,23 @@ def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
 
     md = [f"# {study}", "", "Rebuilt from the run records by `python -m childtune.aggregate`; "
           "do not edit.", "", METHOD, ""]
-    tex, frames, observations = [], [], []
+    tex, frames, test_frames, observations = [], [], [], []
     for plan in chosen:
-        part_md, part_tex, csv, obs = _section(plan, labels[plan.name], recs, reference,
-                                               reference_path)
+        part_md, part_tex, (csv, tests), obs = _section(plan, labels[plan.name], recs,
+                                                        reference, reference_path)
         if blocks is not None:
             blocks[f"{study} {labels[plan.name]}"] = "\n".join(part_md[3:]).strip()
         md += part_md
         tex += part_tex
         frames.append(csv)
+        test_frames.append(tests)
         observations.append((plan, obs))
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{study}.{ext}" for ext in ("md", "csv", "tex")]
     paths[0].write_text("\n".join(md))
     pd.concat(frames).to_csv(paths[1], index=False)
+    paths.append(out_dir / f"{study}_tests.csv")
+    pd.concat(test_frames).to_csv(paths[3], index=False)
     paths[2].write_text("% Rebuilt by python -m childtune.aggregate; needs \\usepackage{booktabs}\n"
                         + "\n\n".join(tex) + "\n")
     return paths, observations

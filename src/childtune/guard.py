@@ -25,7 +25,7 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed, records
-from .errors import UserError
+from .errors import UserError, resolving
 from .loop import PRECISIONS, TrainingDiverged
 from .optim import OPTIMIZERS, fused_adamw_supported
 
@@ -200,7 +200,7 @@ def guarded_run(cfg: DictConfig, run: Callable[[DictConfig], object],
     """`run(cfg)` with the outcomes of the module docstring. `check_config` and the checks
     above run first, so any later exception is a failed run, not bad input."""
     try:
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = resolving(lambda: OmegaConf.to_container(cfg, resolve=True))
         check_config(config)
         preflight(config)
     except UserError as exc:

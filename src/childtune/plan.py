@@ -2,6 +2,7 @@
 
     python -m childtune.plan experiment=main protocol=cpu     # one study: planned, done, missing
     python -m childtune.plan protocol=cpu                     # every study of a protocol
+                                                              # (in protocol.study_order if set)
     python -m childtune.plan protocol=cpu save=true           # ... and save their plans
     python -m childtune.plan protocol=cpu launch=true         # ... save, run what is missing
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import checkpoints, records
-from .errors import UserError
+from .errors import UnsetValue, UserError, resolving
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PLANS = "plans"
@@ -93,6 +94,18 @@ def studies() -> list[str]:
     return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
+def protocol_studies(overrides: list[str]) -> list[str]:
+    """The studies of the protocol these overrides name, in the protocol's order
+    (`protocol.study_order`, e.g. cpu_full's lr grid, main, ablation, ..., low-resource); every
+    study in ORDER's order when the protocol has no such list."""
+    from omegaconf import OmegaConf
+
+    chosen = [o for o in overrides if o.split("=", 1)[0].lstrip("+") == "protocol"]
+    order = (OmegaConf.select(compose(chosen), "protocol.study_order", default=None)
+             if chosen else None)
+    return list(order) if order else studies()
+
+
 def conf_sha() -> str:
     """A digest of every config file: plans made from the same configs are the same."""
     digest = hashlib.sha256()
@@ -131,7 +144,7 @@ def compose(overrides: list[str], hydra_node: bool = False):
 def resolved(overrides: list[str]) -> dict:
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(compose(overrides), resolve=True)
+    return resolving(lambda: OmegaConf.to_container(compose(overrides), resolve=True))
 
 
 def _parse(overrides: list[str]):
@@ -206,8 +219,12 @@ def make_plan(overrides: list[str], identities: bool = True) -> Plan:
     overrides = [o for o in overrides if _plan_key(o.split("=", 1)[0])]
     fixed = [str(o.input_line) for o in _parse(overrides) if not o.is_sweep_override()]
     root = compose(fixed, hydra_node=True)
-    params = OmegaConf.to_container(root.hydra.sweeper.params, resolve=True) or {}
+    params = resolving(lambda: OmegaConf.to_container(root.hydra.sweeper.params,
+                                                      resolve=True)) or {}
     protocol = OmegaConf.select(root, "protocol.name", default=None)
+    if unset := records.unset_study_keys({"study": root.study, "protocol": OmegaConf.to_container(
+            root.protocol, resolve=False) if "protocol" in root else None}):
+        raise UnsetValue(unset)
     plan = Plan(root.study, protocol, overrides, [], conf_sha=conf_sha())
     jobs = expand({k: str(v) for k, v in params.items()}, overrides)
     if not identities:
@@ -373,9 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     launching = options["launch"] == "true"
     done = []
     try:
-        for study in chosen or studies():
+        for study in chosen or protocol_studies(rest):
             launch = [f"experiment={study}", *rest]
-            plan = cached_plan(results_dir, launch, save=launching or options["save"] == "true")
+            try:
+                plan = cached_plan(results_dir, launch,
+                                   save=launching or options["save"] == "true")
+            except UnsetValue as exc:  # a value still `???`: the study waits
+                print(f"{study:16s} {exc}", flush=True)
+                if launching:  # the studies after it need what it waits for
+                    print(f"error: stopped before {study}: it {exc}", file=sys.stderr)
+                    return 1
+                continue
             done.append(plan)
             print(_describe(results_dir, plan, jobs), flush=True)
             if launching and status(results_dir, plan)["missing"]:

@@ -80,6 +80,14 @@ def identity(config: dict) -> dict:
     }
 
 
+def unset_study_keys(config: dict) -> list[str]:
+    """The keys of this study's block in the protocol (`protocol.studies.<study>`) still `???`:
+    values another study's records choose (cpu_full: low_resource's sizes). A run of such a
+    study is refused (train) and its plan shown as waiting (plan)."""
+    block = ((config.get("protocol") or {}).get("studies") or {}).get(config.get("study")) or {}
+    return [f"protocol.studies.{config['study']}.{k}" for k, v in block.items() if v == "???"]
+
+
 def record_path(results_dir: str | Path, ident: dict) -> Path:
     return (Path(results_dir) / "runs" / ident["model"] / ident["task"]
             / ident["variant"] / ident["config_hash"] / f"seed{ident['seed']}.json")

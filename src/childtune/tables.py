@@ -96,7 +96,7 @@ def observations(plan: Plan, records: dict[str, dict]) -> pd.DataFrame:
                     "column": column, "in_avg": in_avg, "seed": ident["seed"],
                     "value": np.nan if value is None else value, "found": record is not None,
                     "model": ident["model"], "task": ident["task"], "p": ident.get("p"),
-                    "n_train": ident.get("n_train"),
+                    "n_train": ident.get("n_train"), "lr": ident.get("lr"),
                     "metric": None if record is None else record["headline"]["metric"]})
     return pd.DataFrame(rows)
 

@@ -17,8 +17,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import (data, distributed, guard, loggers, loop, models, optim, prune, records,
-               regularizers, transfer, variants)
-from .errors import UserError
+               reference_rows, regularizers, transfer, variants)
+from .errors import UnsetValue, UserError
 from .tasks import get_task
 
 
@@ -41,6 +41,8 @@ def rerun_command() -> str:
 
 def check_config(config: dict) -> None:
     get_task(config["task"]["name"])
+    if unset := records.unset_study_keys(config):
+        raise UnsetValue(unset)
     variants.check_variant(config["variant"])
     regularizers.check(config)
     prune.check(config)
@@ -67,6 +69,12 @@ def run(cfg: DictConfig) -> Path:
         torch.set_num_threads(cfg.runtime.threads)
 
     task = get_task(cfg.task.name)
+    if config["variant"].get("reference"):  # the tables' reference rows: nothing is trained
+        seed_everything(cfg.seed)
+        record = reference_rows.record(cfg, config, ident, task)
+        record.update(environment=records.environment(), command=rerun_command(),
+                      finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return records.write_record(cfg.results_dir, record)
     data_dir = data.resolve_data_dir(cfg.data.dir)
     splits = data.load_splits(task, data_dir, cfg.data.n_train, cfg.data.subsample_seed)
     data_info = {"files": {name: data.source_file(task, data_dir, name) for name in splits},
