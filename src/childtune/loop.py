@@ -61,15 +61,20 @@ def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float
 
 @torch.no_grad()
 def predict(model, loader, regression: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels in the dataset's order, whatever order the loader's batches take
+    (each batch's `idx` says where its examples go; e.g. `data.make_eval_loader` sorts them by
+    length)."""
     model.eval()
-    preds, labels = [], []
+    preds, labels, where = [], [], []
     for batch in loader:
         inputs = model_inputs(model, batch)
         inputs.pop("labels")
         logits = model(**inputs).logits
         preds.append((logits.squeeze(-1) if regression else logits.argmax(-1)).cpu())
         labels.append(batch["labels"])
-    return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+        where.append(batch["idx"])
+    order = torch.cat(where).argsort()
+    return torch.cat(preds)[order].numpy(), torch.cat(labels)[order].numpy()
 
 
 def evaluate(model, loaders: dict, regression: bool, metric_names) -> tuple[dict, float]:

@@ -48,6 +48,9 @@ def check_config(config: dict) -> None:
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
         raise UserError(f"data.max_seq_length must be a positive integer, got "
                         f"{config['data']['max_seq_length']!r}")
+    if not isinstance(config["data"].get("group_by_length", False), bool):
+        raise UserError(f"data.group_by_length must be true or false, got "
+                        f"{config['data']['group_by_length']!r}")
     n_train = config["data"].get("n_train")
     if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)
                                 or n_train <= 0):
@@ -70,7 +73,10 @@ def run(cfg: DictConfig) -> Path:
     data_dir = data.resolve_data_dir(cfg.data.dir)
     splits = data.load_splits(task, data_dir, cfg.data.n_train, cfg.data.subsample_seed)
     tokenizer = models.load_tokenizer(cfg.model)
-    encoded = {name: data.Encoded(split, tokenizer, cfg.data.max_seq_length, task.is_regression)
+    token_cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None
+    encoded = {name: data.Encoded(split, tokenizer, cfg.data.max_seq_length, task.is_regression,
+                                  data.cached_features(split, tokenizer, cfg.data.max_seq_length,
+                                                       token_cache, f"{task.name}-{name}"))
                for name, split in splits.items()}
 
     seed_everything(cfg.seed)
@@ -82,7 +88,7 @@ def run(cfg: DictConfig) -> Path:
         max_grad_norm=cfg.trainer.max_grad_norm, seed=cfg.seed,
         cache_dir=Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None,
         cache_parts={"model": config["model"], "task": task.name, "data": {
-            k: v for k, v in config["data"].items() if k != "dir"},
+            k: v for k, v in config["data"].items() if k not in ("dir", "group_by_length")},
             "batch_size": cfg.trainer.batch_size} | transfer.mask_cache_parts(source),
         progress=cfg.runtime.progress), config["variant"], model)  # DDP: rank 0's mask
     # after the Fisher pass, which thus sees the plain model and the plain task loss
@@ -90,8 +96,9 @@ def run(cfg: DictConfig) -> Path:
     ct_d = prune.ct_d_run(config)  # variant=prune: the CT_D run it prunes (None otherwise)
 
     train_loader = distributed.shard_batches(
-        data.make_loader(encoded["train"], cfg.trainer.batch_size, cfg.seed))
-    eval_loaders = {name: data.make_loader(encoded[name], cfg.trainer.eval_batch_size, None)
+        data.make_loader(encoded["train"], cfg.trainer.batch_size, cfg.seed,
+                         group_by_length=cfg.data.get("group_by_length", False)))
+    eval_loaders = {name: data.make_eval_loader(encoded[name], cfg.trainer.eval_batch_size)
                     for name in task.eval_splits}
     total_steps = cfg.trainer.epochs * len(train_loader)
     warmup = optim.warmup_steps(total_steps, cfg.trainer.warmup_ratio)
