@@ -228,3 +228,22 @@ def test_plan_estimates_full_data_runs_and_grouped_batches():
     fisher = config(group_by_length=True)
     fisher["variant"]["mask"] = "fisher_top"
     assert plan._estimate(fisher) == 300 * 2.5 / 2 + 300 * 2.5 / 3 + 30   # Fisher epoch ungrouped
+
+
+def test_bad_group_by_length_and_draw_bits_are_user_errors():
+    from omegaconf import OmegaConf
+
+    from childtune import train, variants
+    from childtune.errors import UserError
+
+    config = OmegaConf.to_container(compose("data.group_by_length=yes"), resolve=True)
+    with pytest.raises(UserError, match="group_by_length"):
+        train.check_config(config)
+    f = OmegaConf.to_container(compose("variant=child_tuning_f"), resolve=True)["variant"]
+    assert f["draw_bits"] == 16
+    variants.check_variant(f)
+    with pytest.raises(UserError, match="draw_bits"):
+        variants.check_variant({**f, "draw_bits": 8})
+    d = OmegaConf.to_container(compose("variant=child_tuning_d"), resolve=True)["variant"]
+    with pytest.raises(UserError, match="draw_bits"):
+        variants.check_variant({**d, "draw_bits": 16})
