@@ -42,6 +42,7 @@ reproduce-tables: $(STAMP)
 # benchmarks/latest.json. bench-quick: the same keys with fewer repeats.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/e2e_table.py --readme
 
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py --quick

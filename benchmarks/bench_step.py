@@ -2,7 +2,7 @@
 
 One MiniLM training step (forward + backward on 16 x 64 tokens, global grad-norm clip, AdamW
 step) for: vanilla (the project's AdamW), CT_F and CT_D through the project's maskers, CT_F
-with its previous draws (torch's generator; `previous_ct_f`), and CT_F / CT_D through an official-style optimizer written below (the 2021 HF AdamW loop with the
+with its previous draws (32-bit integers; `previous_ct_f`), and CT_F / CT_D through an official-style optimizer written below (the 2021 HF AdamW loop with the
 mask applied per tensor inside it, `Bernoulli(p).sample()` for F), all on one model, alternating.
 
     python benchmarks/bench_step.py [--quick] [--threads 1]
@@ -63,24 +63,11 @@ class OfficialStyleChildTuningAdamW(torch.optim.Optimizer):
 
 
 def previous_ct_f(named_params, p: float, seed: int):
-    """The project's CT_F masker as it was before the SFC64 draws: the same rule (32-bit
-    integers below round(p * 2**32) - 2**31), its words from torch's CPU generator (mt19937)."""
+    """The project's CT_F masker as it was before issue 15: the same SFC64 stream, one 32-bit
+    integer per entry (`bits=32`, what configs without variant.draw_bits still use)."""
     from childtune import ChildTuningF
-    from childtune.masks import _CHUNK
 
-    masker = ChildTuningF(named_params, p, seed=seed)
-    generator = torch.Generator().manual_seed(seed)
-    words = torch.empty((_CHUNK + 1) // 2, dtype=torch.int64)
-
-    def draw(out, start):
-        n = out.numel()
-        drawn = words[:(n + 1) // 2].random_(-2 ** 63, None, generator=generator)
-        torch.lt(drawn.view(torch.int32)[:n], masker._threshold, out=out)
-        masker.kept += int(out.sum())
-        masker.seen += n
-        out.mul_(masker._scale)
-    masker._draw = draw
-    return masker
+    return ChildTuningF(named_params, p, seed=seed, bits=32)
 
 
 class Timed:

@@ -1,6 +1,6 @@
 """Run every benchmark, print one markdown report and write benchmarks/latest.json.
 
-    python benchmarks/run_all.py            # make bench        (about 15 min on 2 busy cores)
+    python benchmarks/run_all.py            # make bench        (about an hour: e2e trains full epochs)
     python benchmarks/run_all.py --quick    # make bench-quick  (fewer repeats)
     python benchmarks/run_all.py --only fisher --threads 2   # rerun one question
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_e2e  # noqa: E402
 import bench_fisher  # noqa: E402
 import bench_step  # noqa: E402
 import bench_threshold  # noqa: E402
@@ -20,7 +21,7 @@ import bench_trainer  # noqa: E402
 import common  # noqa: E402
 
 QUESTIONS = {"step": bench_step, "threshold": bench_threshold, "fisher": bench_fisher,
-             "trainer": bench_trainer}
+             "trainer": bench_trainer, "e2e": bench_e2e}
 
 
 def main() -> None:

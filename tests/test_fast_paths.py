@@ -157,28 +157,64 @@ def draw_masks(named, p, seed, steps=2, grad=None):
     return masker, out
 
 
-def test_f_draw_is_the_documented_rule():
+@pytest.mark.parametrize("bits", [16, 32])
+def test_f_draw_is_the_documented_rule(bits):
     """Pins the stream and the quantisation: tensor after tensor, 64-bit words from SFC64(seed)
-    read as uniform signed 32-bit integers s, entry i from half i % 2 of word i // 2; an entry
-    is kept iff s < round(p * 2**32) - 2**31. The expectation is drawn per tensor, not per
+    read as 64/bits uniform signed `bits`-bit integers s, entry i from part i % (64/bits) of
+    word i // (64/bits); an entry is kept iff s < round(p * 2**bits) - 2**(bits-1), and kept
+    entries are grad * (1/p). The expectation is drawn per tensor (whole-tensor draws), not per
     chunk, so it also pins that chunking never changes the masks."""
     p, seed = 0.3, 11
-    named = shapes_model([(3000, 50), (7,), (1, 1)])
+    named = shapes_model([(3000, 50), (7,), (1, 1), (5,)])
     assert named[0][1].numel() > 2 * M._CHUNK  # several chunks, and a short last one
-    _, (step,) = draw_masks(named, p, seed, steps=1)
-    bits = np.random.SFC64(seed)
-    threshold = round(p * 2 ** 32)
-    for (_, q), got in zip(named, step):
-        halves = bits.random_raw((q.numel() + 1) // 2).view(np.int32)[:q.numel()]
-        expected = torch.from_numpy(halves < threshold - 2 ** 31).view(q.shape)
-        assert torch.equal(got != 0, expected)
+    grad = torch.randn(3000, 50)
+    masker = ChildTuningF(named, p=p, seed=seed, bits=bits)
+    for _, q in named:
+        q.grad = grad.clone() if q.shape == grad.shape else torch.ones_like(q)
+    masker.apply()
+    generator = np.random.SFC64(seed)
+    per_word = 64 // bits
+    signed = {16: np.int16, 32: np.int32}[bits]
+    kept = 0
+    for _, q in named:
+        n = q.numel()
+        words = generator.random_raw((n + per_word - 1) // per_word)
+        parts = words.view(signed)[:n]
+        keep = torch.from_numpy(parts < round(p * 2 ** bits) - 2 ** (bits - 1)).view(q.shape)
+        before = grad if q.shape == grad.shape else torch.ones_like(q)
+        expected = before * (keep.float() * (1.0 / p))
+        assert torch.equal(q.grad.view(torch.int32), expected.view(torch.int32))
+        kept += int(keep.sum())
+    assert masker.kept == kept
 
 
-@pytest.mark.parametrize("p", [1e-3, 0.1, 0.3, 0.5, 0.9, 0.999])
-def test_f_quantised_keep_probability_is_within_2_pow_minus_33_of_p(p):
-    masker = ChildTuningF(shapes_model([(4,)]), p=p, seed=0)
-    quantised = (masker._threshold + 2 ** 31) / 2 ** 32
-    assert abs(quantised - p) <= 2 ** -33
+@pytest.mark.parametrize("bits", [16, 32])
+@pytest.mark.parametrize("p", [1e-3, 0.1, 0.3, 0.5, 0.9, 0.999, 1 - 2 ** -18])
+def test_f_quantised_keep_probability_is_within_the_documented_bound(p, bits):
+    masker = ChildTuningF(shapes_model([(4,)]), p=p, seed=0, bits=bits)
+    quantised = (masker._threshold + 2 ** (bits - 1)) / 2 ** bits
+    assert abs(quantised - p) <= (2 ** -16 if bits == 16 else 2 ** -33)
+
+
+@pytest.mark.parametrize("chunk", [4, 1000, 1 << 20])
+def test_f_16_bit_masks_do_not_depend_on_the_chunk_length(monkeypatch, chunk):
+    named = shapes_model([(30_001,), (7, 3)])
+    _, reference = draw_masks(named, 0.3, seed=3)
+    monkeypatch.setattr(M, "_CHUNK", chunk)
+    _, chunked = draw_masks(shapes_model([(30_001,), (7, 3)]), 0.3, seed=3)
+    assert all(torch.equal(a, b) for s1, s2 in zip(reference, chunked) for a, b in zip(s1, s2))
+
+
+def test_f_16_bit_draws_are_the_default_and_older_configs_keep_32():
+    from childtune import variants
+
+    assert ChildTuningF(shapes_model([(4,)]), p=0.3, seed=0).bits == 16
+    model = torch.nn.Linear(3, 2)
+    old = {"name": "child_tuning_f", "mask": "bernoulli", "p": 0.3, "scope": "all"}
+    build = lambda v: variants.build(v, model, fisher_loader=None, max_grad_norm=1.0,  # noqa: E731
+                                     seed=1, cache_dir=None, cache_parts={})
+    assert build(old).masker.bits == 32
+    assert build({**old, "draw_bits": 16}).masker.bits == 16
 
 
 @pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.8])
@@ -313,22 +349,25 @@ def test_fisher_is_bit_identical_to_the_per_tensor_reference_loop():
     assert all(torch.equal(tight[n], expected[n]) for n in names)
 
 
-def test_f_on_a_gpu_draws_the_same_rule_on_the_device():
+@pytest.mark.parametrize("bits", [16, 32])
+def test_f_on_a_gpu_draws_the_same_rule_on_the_device(bits):
     """The GPU path of CT_F, run here on CPU tensors: per tensor, 64-bit words from a torch
     generator of the gradient's device seeded by the masker's seed, the same threshold and
     the same float 1/p; the kept count is read back by keep_rate()."""
     p, seed = 0.3, 5
     named = shapes_model([(300, 70), (9,)])
-    masker = ChildTuningF(named, p, seed=seed)
+    masker = ChildTuningF(named, p, seed=seed, bits=bits)
     generator = torch.Generator().manual_seed(seed)
+    per_word, signed = 64 // bits, {16: torch.int16, 32: torch.int32}[bits]
     kept = 0
     for _, q in named:
         grad = torch.randn(q.shape)
         expected_grad = grad.clone()
         masker._apply_on_device(grad)
-        words = torch.empty((q.numel() + 1) // 2, dtype=torch.int64)
+        words = torch.empty((q.numel() + per_word - 1) // per_word, dtype=torch.int64)
         words.random_(-2 ** 63, None, generator=generator)
-        keep = (words.view(torch.int32)[:q.numel()] < round(p * 2 ** 32) - 2 ** 31).view(q.shape)
+        keep = (words.view(signed)[:q.numel()]
+                < round(p * 2 ** bits) - 2 ** (bits - 1)).view(q.shape)
         assert torch.equal(grad, expected_grad * (keep.float() * (1.0 / p)))
         kept += int(keep.sum())
     n = sum(q.numel() for _, q in named)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .atomic import atomic_file
 from .errors import UserError
 from .tasks import Task
 
@@ -167,12 +168,13 @@ def load_splits(task: Task, data_dir: Path | None, n_train: int | None,
 
 class Encoded(torch.utils.data.Dataset):
     """Tokenized examples (no padding); items are indices, batches are padded by `collate`
-    on the tokenizer's side with its pad ids."""
+    on the tokenizer's side with its pad ids. `features` (from `cached_features`) skips the
+    tokenizer; they are what it would return."""
 
-    def __init__(self, split: Split, tokenizer, max_seq_length: int, regression: bool):
-        columns = list(zip(*split.texts))
-        enc = tokenizer(*columns, truncation=True, max_length=max_seq_length)
-        self.features = [{k: enc[k][i] for k in enc.keys()} for i in range(len(split))]
+    def __init__(self, split: Split, tokenizer, max_seq_length: int, regression: bool,
+                 features: list[dict] | None = None):
+        self.features = features if features is not None else tokenize(split, tokenizer,
+                                                                        max_seq_length)
         self.labels = torch.tensor(split.labels, dtype=torch.float if regression else torch.long)
         # as the tokenizer pads: XLNet's on the left (its head reads the last token)
         self.pad_values = {"input_ids": tokenizer.pad_token_id or 0,
@@ -184,6 +186,10 @@ class Encoded(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> int:
         return i
+
+    def lengths(self) -> list[int]:
+        """Tokens per example (before padding)."""
+        return [len(f["input_ids"]) for f in self.features]
 
     def collate(self, indices: list[int]) -> dict[str, torch.Tensor]:
         longest = max(len(self.features[i]["input_ids"]) for i in indices)
@@ -200,12 +206,136 @@ class Encoded(torch.utils.data.Dataset):
         return padding + values if self.pad_left else values + padding
 
 
-def make_loader(encoded: Encoded, batch_size: int, shuffle_seed: int | None):
+def tokenize(split: Split, tokenizer, max_seq_length: int) -> list[dict]:
+    """One dict of token lists (input_ids, attention_mask, ...) per example, unpadded."""
+    columns = list(zip(*split.texts))
+    enc = tokenizer(*columns, truncation=True, max_length=max_seq_length)
+    return [{k: enc[k][i] for k in enc.keys()} for i in range(len(split))]
+
+
+def make_loader(encoded: Encoded, batch_size: int, shuffle_seed: int | None,
+                group_by_length: bool = False):
     """Shuffled with its own generator when shuffle_seed is given: the batch order then depends
-    on that seed only, never on how much of the global random stream something else consumed."""
+    on that seed only, never on how much of the global random stream something else consumed.
+    `group_by_length`: batches of similar lengths, in HF's order (`length_grouped_indices`)."""
     generator = None
     if shuffle_seed is not None:
         generator = torch.Generator().manual_seed(shuffle_seed)
+    if group_by_length:
+        if generator is None:
+            raise ValueError("group_by_length needs a shuffle seed")
+        sampler = LengthGroupedSampler(encoded.lengths(), batch_size, generator)
+        return torch.utils.data.DataLoader(encoded, batch_size=batch_size, sampler=sampler,
+                                           generator=generator, collate_fn=encoded.collate)
     return torch.utils.data.DataLoader(encoded, batch_size=batch_size,
                                        shuffle=shuffle_seed is not None, generator=generator,
                                        collate_fn=encoded.collate)
+
+
+# ---------------------------------------------------------------- throughput: grouped batches,
+# sorted evaluation, the tokenization cache (none of them changes a prediction)
+
+def length_grouped_indices(lengths: list[int], batch_size: int,
+                           generator: torch.Generator) -> list[int]:
+    """HF's `get_length_grouped_indices` (transformers 4.x-5.x, default mega-batch size): a
+    permutation from `generator` (`torch.randperm`, as the random batches draw theirs), cut
+    into mega-batches of min(50, n // (4 * batch_size)) (at least 1) batches, each sorted by
+    length, longest first (a stable sort: ties keep the permutation's order); then the longest
+    example overall swaps places with the first one, so the longest batch comes first."""
+    mult = max(1, min(len(lengths) // (batch_size * 4), 50))
+    size = mult * batch_size
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    megas = [sorted(order[i:i + size], key=lambda j: lengths[j], reverse=True)
+             for i in range(0, len(order), size)]
+    longest = max(range(len(megas)), key=lambda m: (lengths[megas[m][0]], -m))  # first maximum
+    megas[0][0], megas[longest][0] = megas[longest][0], megas[0][0]
+    return [i for mega in megas for i in mega]
+
+
+class LengthGroupedSampler(torch.utils.data.Sampler):
+    """`length_grouped_indices` anew each epoch, from one generator. Given to the DataLoader too
+    (which draws a worker seed from it per epoch, as for random batches), so the first epoch
+    regroups exactly the permutation random batches of the same seed use (later epochs differ:
+    torch's RandomSampler draws one more, empty, permutation per epoch), and the global random
+    stream (dropout) is untouched."""
+
+    def __init__(self, lengths: list[int], batch_size: int, generator: torch.Generator):
+        self.lengths, self.batch_size, self.generator = lengths, batch_size, generator
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        # lazily, at the first batch, as RandomSampler: after the DataLoader's own draw
+        yield from length_grouped_indices(self.lengths, self.batch_size, self.generator)
+
+
+def make_eval_loader(encoded: Encoded, batch_size: int):
+    """Evaluation batches sorted by length, longest first (less padding). `loop.predict` puts
+    the predictions back in the split's order by each batch's `idx`."""
+    lengths = encoded.lengths()
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return torch.utils.data.DataLoader(encoded, batch_size=batch_size, sampler=order,
+                                       collate_fn=encoded.collate)
+
+
+TOKENS_CACHE = "tokens"
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """What the tokenizer's output depends on: its class, its full serialized state (vocab,
+    normalizer, pre-tokenizer, post-processor: `backend_tokenizer.to_str()` of a fast
+    tokenizer; the vocab and init arguments otherwise) and its special tokens."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        h.update(json.dumps(getattr(tokenizer, "init_kwargs", {}), sort_keys=True,
+                            default=str).encode())
+    h.update(json.dumps([tokenizer.all_special_tokens, tokenizer.padding_side,
+                         tokenizer.truncation_side], default=str).encode())
+    return h.hexdigest()
+
+
+def cached_features(split: Split, tokenizer, max_seq_length: int, cache_dir: Path | None,
+                    name: str) -> list[dict]:
+    """`tokenize(split, ...)`, kept under `<cache_dir>/tokens/` keyed by the tokenizer's and
+    the examples' fingerprints and max_seq_length (`name`, e.g. "rte-train", only labels the
+    file). A hit returns exactly what tokenizing returns; concurrent writers are safe (each
+    writes its own temp file, then renames). No random state is used."""
+    if cache_dir is None:
+        return tokenize(split, tokenizer, max_seq_length)
+    key = hashlib.sha256(json.dumps([tokenizer_fingerprint(tokenizer),
+                                     fingerprint(split), max_seq_length]).encode())
+    path = Path(cache_dir) / TOKENS_CACHE / f"{name}-{key.hexdigest()[:20]}.npz"
+    if path.is_file():
+        try:
+            return _unpack(np.load(path), len(split))
+        except (OSError, ValueError, KeyError):
+            pass   # unreadable: tokenize again and replace it
+    features = tokenize(split, tokenizer, max_seq_length)
+    with atomic_file(path, "wb") as f:
+        np.savez(f, **_pack(features))
+    return features
+
+
+def _pack(features: list[dict]) -> dict[str, np.ndarray]:
+    """Each key's lists concatenated, plus their lengths."""
+    keys = list(features[0]) if features else []
+    packed = {"lengths": np.array([len(f["input_ids"]) for f in features], dtype=np.int64),
+              "keys": np.array(keys)}
+    for k in keys:
+        packed["values_" + k] = np.array([v for f in features for v in f[k]], dtype=np.int64)
+    return packed
+
+
+def _unpack(packed, n: int) -> list[dict]:
+    lengths = packed["lengths"]
+    if len(lengths) != n:
+        raise ValueError("cached token file does not match the split")
+    ends = np.cumsum(lengths).tolist()
+    starts = [0] + ends[:-1]
+    columns = {str(k): packed["values_" + str(k)].tolist() for k in packed["keys"]}
+    return [{k: col[a:b] for k, col in columns.items()} for a, b in zip(starts, ends)]

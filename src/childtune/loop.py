@@ -125,9 +125,12 @@ def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float
 @torch.no_grad()
 def predict(model, loader, regression: bool,
             precision: Precision | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predictions and labels in the dataset's order, whatever order the loader's batches take
+    (each batch's `idx` says where its examples go; e.g. `data.make_eval_loader` sorts them by
+    length)."""
     model.eval()
     precision = precision or Precision()
-    preds, labels = [], []
+    preds, labels, where = [], [], []
     for batch in loader:
         inputs = model_inputs(model, batch)
         inputs.pop("labels")
@@ -135,7 +138,9 @@ def predict(model, loader, regression: bool,
             logits = model(**inputs).logits.float()
         preds.append((logits.squeeze(-1) if regression else logits.argmax(-1)).cpu())
         labels.append(batch["labels"])
-    return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+        where.append(batch["idx"])
+    order = torch.cat(where).argsort()
+    return torch.cat(preds)[order].numpy(), torch.cat(labels)[order].numpy()
 
 
 def evaluate(model, loaders: dict, regression: bool, metric_names,

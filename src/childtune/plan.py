@@ -173,16 +173,35 @@ def _plan_key(key: str) -> bool:
 def _estimate(config: dict) -> float | None:
     """Seconds one run takes under the protocol's measured speeds (None: no estimate)."""
     protocol = config.get("protocol") or {}
-    per_1k = (protocol.get("train_seconds") or {}).get(config["task"]["name"])
-    n_train = config["data"].get("n_train")
+    task = config["task"]["name"]
+    per_1k = (protocol.get("train_seconds") or {}).get(task)
+    n_train = config["data"].get("n_train") or (protocol.get("train_sizes") or {}).get(task)
     if per_1k is None or n_train is None:
         return None
     if config["variant"].get("prune") and (config.get("runtime") or {}).get("keep_for_prune"):
         return protocol.get("overhead_seconds", 0)  # evaluates the kept CT_D model (prune.py)
-    train = per_1k * n_train / 1000 * config["trainer"]["epochs"] / 3
+    epoch = per_1k * n_train / 1000 / 3 / _optimizer_speedup(config)
+    train = epoch * config["trainer"]["epochs"] * _padding_factor(config)
     if str(config["variant"].get("mask", "")).startswith("fisher"):
-        train += train / config["trainer"]["epochs"]      # the Fisher pass: one more epoch
+        train += epoch      # the Fisher pass: one more epoch (random batches)
     return train + protocol.get("overhead_seconds", 0)
+
+
+def _padding_factor(config: dict) -> float:
+    """Training time with length-grouped batches relative to random ones: the ratio of padded
+    tokens per epoch (step time grows about linearly with the padded length here)."""
+    padding = (config.get("protocol") or {}).get("padding") or {}
+    task = config["task"]["name"]
+    if not config["data"].get("group_by_length") or task not in padding.get("grouped", {}):
+        return 1.0
+    return padding["grouped"][task] / padding["random"][task]
+
+
+def _optimizer_speedup(config: dict) -> float:
+    """The protocol's speeds were measured with foreach AdamW; a fused AdamW steps faster."""
+    trainer = config["trainer"]
+    fused = trainer.get("fused") is True or "fused" in str(trainer.get("optimizer", ""))
+    return (config.get("protocol") or {}).get("fused_adamw_speedup", 1.0) if fused else 1.0
 
 
 def _configs(jobs: list[list[str]]) -> list[dict]:

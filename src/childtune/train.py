@@ -50,6 +50,9 @@ def check_config(config: dict) -> None:
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
         raise UserError(f"data.max_seq_length must be a positive integer, got "
                         f"{config['data']['max_seq_length']!r}")
+    if not isinstance(config["data"].get("group_by_length", False), bool):
+        raise UserError(f"data.group_by_length must be true or false, got "
+                        f"{config['data']['group_by_length']!r}")
     n_train = config["data"].get("n_train")
     if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)
                                 or n_train <= 0):
@@ -81,7 +84,10 @@ def run(cfg: DictConfig) -> Path:
                  "sha256": {name: data.fingerprint(split) for name, split in splits.items()},
                  "sizes": {name: len(split) for name, split in splits.items()}}
     tokenizer = models.load_tokenizer(cfg.model)
-    encoded = {name: data.Encoded(split, tokenizer, cfg.data.max_seq_length, task.is_regression)
+    token_cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None
+    encoded = {name: data.Encoded(split, tokenizer, cfg.data.max_seq_length, task.is_regression,
+                                  data.cached_features(split, tokenizer, cfg.data.max_seq_length,
+                                                       token_cache, f"{task.name}-{name}"))
                for name, split in splits.items()}
 
     seed_everything(cfg.seed)
@@ -93,7 +99,7 @@ def run(cfg: DictConfig) -> Path:
         max_grad_norm=cfg.trainer.max_grad_norm, seed=cfg.seed,
         cache_dir=Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None,
         cache_parts={"model": config["model"], "task": task.name, "data": {
-            k: v for k, v in config["data"].items() if k != "dir"},
+            k: v for k, v in config["data"].items() if k not in ("dir", "group_by_length")},
             "train_sha256": data_info["sha256"]["train"],  # the examples the mask is built on
             "batch_size": cfg.trainer.batch_size} | transfer.mask_cache_parts(source),
         progress=cfg.runtime.progress), config["variant"], model)  # DDP: rank 0's mask
@@ -102,8 +108,9 @@ def run(cfg: DictConfig) -> Path:
     ct_d = prune.ct_d_run(config)  # variant=prune: the CT_D run it prunes (None otherwise)
 
     train_loader = distributed.shard_batches(
-        data.make_loader(encoded["train"], cfg.trainer.batch_size, cfg.seed))
-    eval_loaders = {name: data.make_loader(encoded[name], cfg.trainer.eval_batch_size, None)
+        data.make_loader(encoded["train"], cfg.trainer.batch_size, cfg.seed,
+                         group_by_length=cfg.data.get("group_by_length", False)))
+    eval_loaders = {name: data.make_eval_loader(encoded[name], cfg.trainer.eval_batch_size)
                     for name in task.eval_splits}
     total_steps = cfg.trainer.epochs * len(train_loader)
     warmup = optim.warmup_steps(total_steps, cfg.trainer.warmup_ratio)

@@ -160,7 +160,7 @@ def evaluate_on(cfg, task: Task, target: Task, model, tokenizer, data_dir) -> di
     split_name = _eval_split(target)
     split = data.read_split(target, data_dir, split_name)
     encoded = data.Encoded(split, tokenizer, cfg.data.max_seq_length, regression=False)
-    loader = data.make_loader(encoded, cfg.trainer.eval_batch_size, None)
+    loader = data.make_eval_loader(encoded, cfg.trainer.eval_batch_size)
     precision = loop.Precision(cfg.trainer.precision, next(model.parameters()).device)
     preds, labels = loop.predict(model, loader, regression=False, precision=precision)
     predicted = np.asarray(to_space(task, space))[preds]

@@ -55,6 +55,10 @@ def check_variant(variant: dict) -> None:
     if kind == "bernoulli" and not variant.get("decay_frozen", True):
         raise UserError("variant.decay_frozen=false applies to fixed masks (D, random, lowest, "
                         "prune); CT_F masks change every step")
+    if variant.get("draw_bits") is not None and (kind != "bernoulli"
+                                                  or variant["draw_bits"] not in (16, 32)):
+        raise UserError(f"variant.draw_bits (16 or 32) applies to CT_F's mask=bernoulli, got "
+                        f"{variant['draw_bits']!r} with mask={kind}")
     if kind.startswith("fisher") and variant.get("fisher_recipe") not in FISHER_RECIPES:
         raise UserError(f"variant.fisher_recipe must be one of {FISHER_RECIPES}")
     if variant.get("count") not in (None, "official") or (variant.get("count")
@@ -211,8 +215,11 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
     if kind == "bernoulli":
         named = [(n, q) for n, q in model.named_parameters()
                  if n in set(M.scope_names(model, variant["scope"]))]
-        return ChildNetwork(masker=M.ChildTuningF(named, variant["p"], seed=seed),
-                            info={"kind": kind, "p": variant["p"], "scope": variant["scope"]})
+        # draw_bits: 16 since issue 15; configs without the key (older records) drew 32 bits
+        bits = variant.get("draw_bits") or 32
+        return ChildNetwork(masker=M.ChildTuningF(named, variant["p"], seed=seed, bits=bits),
+                            info={"kind": kind, "p": variant["p"], "scope": variant["scope"],
+                                  "draw_bits": bits})
     # top_k's child network; with variant.k, the fixed mask below replaces its in-scope entries
     top_layers = _top_layers(model, variant["k"]) if variant.get("k") is not None else {}
     if kind == "top_layers":
