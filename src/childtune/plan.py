@@ -199,8 +199,7 @@ def _padding_factor(config: dict) -> float:
 
 def _optimizer_speedup(config: dict) -> float:
     """The protocol's speeds were measured with foreach AdamW; a fused AdamW steps faster."""
-    trainer = config["trainer"]
-    fused = trainer.get("fused") is True or "fused" in str(trainer.get("optimizer", ""))
+    fused = config["trainer"].get("optimizer") == "adamw_fused"
     return (config.get("protocol") or {}).get("fused_adamw_speedup", 1.0) if fused else 1.0
 
 
