@@ -136,16 +136,22 @@ def test_existing_runs_keep_their_identity(lr, config_hash):
     assert ident["config_hash"] == config_hash
 
 
-# Hashes of the CPU sweep's CT_D records (main), written before variant.k existed.
-EXISTING_CT_D = [("cola", "4494756525"), ("rte", "4e44843852"), ("mrpc", "f6b3aa0a17"),
-                 ("stsb", "8ad502aeb7")]
+# Hashes of the CPU sweep's CT_D records (main): written before variant.k existed (k kept
+# them) and before the Fisher pass ran in train mode (variant.fisher_mode, which changed them:
+# their masks came from a dropout-free pass), then today's.
+EXISTING_CT_D = [("cola", "4494756525", "63ed5c9242"), ("rte", "4e44843852", "de8e272463"),
+                 ("mrpc", "f6b3aa0a17", "9824960061"), ("stsb", "8ad502aeb7", "08c057e212")]
 
 
-@pytest.mark.parametrize("task,config_hash", EXISTING_CT_D)
-def test_existing_ct_d_runs_keep_their_identity(task, config_hash):
+@pytest.mark.parametrize("task,before_fisher_mode,config_hash", EXISTING_CT_D)
+def test_ct_d_runs_changed_identity_with_the_fisher_mode_only(task, before_fisher_mode,
+                                                              config_hash):
     ident = _identity("seed=1", f"task={task}", "variant=child_tuning_d", "experiment=main",
                       "protocol=cpu")
-    assert ident["config_hash"] == config_hash
+    assert ident["config_hash"] == config_hash != before_fisher_mode
+    dropout_free = _identity("seed=1", f"task={task}", "variant=child_tuning_d",
+                             "experiment=main", "protocol=cpu", "variant.fisher_mode=eval")
+    assert dropout_free["config_hash"] not in (config_hash, before_fisher_mode)
 
 
 def test_a_new_section_whose_options_are_off_keeps_the_hash():
