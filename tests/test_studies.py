@@ -145,16 +145,19 @@ def test_existing_runs_keep_their_identity(lr, old_hash, config_hash):
     assert _identity(*run, *OLD_RECIPE)["config_hash"] == old_hash
 
 
-# The CPU sweep's CT_D records (main), as above.
-EXISTING_CT_D = [("cola", "4494756525", "ccef97571e"), ("rte", "4e44843852", "f85e2e32fc"),
-                 ("mrpc", "f6b3aa0a17", "e02ff03cab"), ("stsb", "8ad502aeb7", "8f4f6ef581")]
+# The CPU sweep's CT_D records (main), as above; their masks also came from a dropout-free
+# Fisher pass (now variant.fisher_mode=train, which is part of their identity).
+EXISTING_CT_D = [("cola", "4494756525", "0b748951d8"), ("rte", "4e44843852", "acc78985fb"),
+                 ("mrpc", "f6b3aa0a17", "cea239494b"), ("stsb", "8ad502aeb7", "dd3ba2588a")]
 
 
 @pytest.mark.parametrize("task,old_hash,config_hash", EXISTING_CT_D)
-def test_existing_ct_d_runs_keep_their_identity(task, old_hash, config_hash):
+def test_existing_ct_d_runs_changed_identity_with_the_recipe_only(task, old_hash, config_hash):
     run = ("seed=1", f"task={task}", "variant=child_tuning_d", "experiment=main", "protocol=cpu")
     assert _identity(*run)["config_hash"] == config_hash != old_hash
-    assert _identity(*run, *OLD_RECIPE)["config_hash"] == old_hash
+    assert _identity(*run, *OLD_RECIPE, "~variant.fisher_mode")["config_hash"] == old_hash
+    dropout_free = _identity(*run, "variant.fisher_mode=eval")["config_hash"]
+    assert dropout_free not in (config_hash, old_hash)
 
 
 def test_a_new_section_whose_options_are_off_keeps_the_hash():
