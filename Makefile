@@ -35,8 +35,11 @@ reproduce: $(STAMP)
 	$(BIN)/python -m childtune.plan protocol=$(PROTOCOL) launch=true launcher='$(LAUNCHER)'
 	$(BIN)/python -m childtune.aggregate readme=README.md
 
+ARCHIVE   := results/archive/cpu-n1000-34bc358
+
 reproduce-tables: $(STAMP)
 	$(BIN)/python -m childtune.aggregate readme=README.md
+	$(BIN)/python -m childtune.aggregate results_dir=$(ARCHIVE) readme=README.md
 
 # Speed of the Child-Tuning fast paths, side by side (benchmarks/README.md); writes
 # benchmarks/latest.json. bench-quick: the same keys with fewer repeats.
