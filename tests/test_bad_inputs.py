@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from childtune import guard, records, train
+from childtune import guard, records, train, validate
 from reliability_helpers import compose_cfg, overrides, records_under, train_cli, write_rte
 
 
@@ -39,14 +39,14 @@ def _read_only_results(tmp_path, data_dir, results, monkeypatch):
     results.mkdir()
     results.chmod(0o555)
     if os.geteuid() == 0:  # root writes anyway: make the kernel's answer for everyone else
-        real = guard.tempfile.TemporaryFile
+        real = validate.tempfile.TemporaryFile
 
         def denied(*args, dir=None, **kwargs):
             if Path(dir).is_relative_to(results):
                 raise PermissionError(13, "Permission denied")
             return real(*args, dir=dir, **kwargs)
 
-        monkeypatch.setattr(guard.tempfile, "TemporaryFile", denied)
+        monkeypatch.setattr(validate.tempfile, "TemporaryFile", denied)
         results.joinpath("runs").mkdir()
     return []
 

@@ -13,90 +13,21 @@ the sweep at the first bad job instead (observed with the basic and joblib launc
 multirun every outcome above raises `JobFailed`."""
 from __future__ import annotations
 
-import math
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
-from pathlib import Path
 
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, records
+from . import distributed, records, validate
 from .errors import UserError
 from .loop import TrainingDiverged
-
-CACHED_MASKS = ("fisher_top", "fisher_bottom", "random")  # variants.build caches these
 
 
 class JobFailed(CompactHydraException):
     """A multirun job failed or had bad input (its own line was printed when it happened)."""
-
-
-# ---------------------------------------------------------------- checks before any work
-
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_trainer(trainer: dict) -> None:
-    """The trainer values that would otherwise fail (or silently do nothing) mid-run."""
-    if trainer.get("optimizer") not in ("adamw", "sgd"):
-        raise UserError(f"trainer.optimizer must be adamw or sgd, got {trainer.get('optimizer')!r}")
-    if not _number(trainer.get("lr")) or trainer["lr"] <= 0:
-        raise UserError(f"trainer.lr must be a positive number, got {trainer.get('lr')!r}")
-    for key in ("batch_size", "eval_batch_size", "epochs"):
-        if not _positive_int(trainer.get(key)):
-            raise UserError(f"trainer.{key} must be a positive integer, got {trainer.get(key)!r}")
-    if not _number(trainer.get("warmup_ratio")) or not 0 <= trainer["warmup_ratio"] <= 1:
-        raise UserError(f"trainer.warmup_ratio must be in [0, 1], got "
-                        f"{trainer.get('warmup_ratio')!r}")
-    norm = trainer.get("max_grad_norm")
-    if norm is not None and (not _number(norm) or norm <= 0):
-        raise UserError(f"trainer.max_grad_norm must be a positive number or null (no clipping), "
-                        f"got {norm!r}")
-    if not _number(trainer.get("weight_decay")) or trainer["weight_decay"] < 0:
-        raise UserError(f"trainer.weight_decay must be a number >= 0, got "
-                        f"{trainer.get('weight_decay')!r}")
-
-
-def check_writable(folder: Path, what: str, key: str) -> None:
-    """Create `folder` and a file in it now, not after an hour of training."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        raise UserError(f"cannot write {what} to {folder} ({exc.strerror or exc}); "
-                        f"set {key}= to a writable folder") from None
-
-
-def check_existing_record(path: Path) -> None:
-    """A file at a run's record path is either a success record or bad input (never skipped)."""
-    if path.exists():
-        status = records.read_record(path).get("status")
-        if status != "success":
-            raise UserError(f"{path} has status {status!r}, not 'success'; delete it or rerun "
-                            f"with force=true")
-
-
-def preflight(config: dict) -> None:
-    if isinstance(config.get("seed"), bool) or not isinstance(config.get("seed"), int):
-        raise UserError(f"seed must be an integer, got {config.get('seed')!r}")
-    check_trainer(config["trainer"])
-    results_dir = Path(config["results_dir"])
-    check_writable(results_dir / "runs", "run records", "results_dir")
-    cache_dir = config["runtime"].get("cache_dir")
-    if cache_dir and config["variant"]["mask"] in CACHED_MASKS:
-        check_writable(Path(cache_dir) / "masks", "the mask cache", "runtime.cache_dir")
-    if not config.get("force"):
-        check_existing_record(records.record_path(results_dir, records.identity(config)))
 
 
 # ---------------------------------------------------------------- failure records
@@ -151,6 +82,13 @@ def record_failure(config: dict, exc: BaseException, command: str) -> str:
 
 # ---------------------------------------------------------------- the entrypoint's outcome
 
+def _resolved(cfg: DictConfig) -> dict:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception as exc:  # noqa: BLE001 - an interpolation of a missing or null section
+        raise UserError(f"the config does not resolve: {str(exc).splitlines()[0]}") from None
+
+
 def in_multirun() -> bool:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -170,12 +108,13 @@ def _end(line: str, exit_code: int):
 
 def guarded_run(cfg: DictConfig, run: Callable[[DictConfig], object],
                 check_config: Callable[[dict], None], command: Callable[[], str]):
-    """`run(cfg)` with the outcomes of the module docstring. `check_config` and the checks
-    above run first, so any later exception is a failed run, not bad input."""
+    """`run(cfg)` with the outcomes of the module docstring. `check_config` (the config alone)
+    and validate.check_environment run first, once, so any later exception is a failed run,
+    not bad input."""
     try:
-        config = OmegaConf.to_container(cfg, resolve=True)
+        config = _resolved(cfg)
         check_config(config)
-        preflight(config)
+        validate.check_environment(config)
     except UserError as exc:
         return _end(f"error: {exc}", 2)
     try:

@@ -16,7 +16,8 @@ runs) is trained once; each study's table selects the records its plan names.
 The config hash covers the whole resolved config except the keys that do not change the
 numbers (seed, where data/results/caches live, logging, runtime). Values that are null, false
 or "none" are left out of it too, so a new option whose default is off keeps every existing
-run's identity. Seeds of one table cell share a folder. Nothing under results/ is written by
+run's identity. Numbers are hashed as the option files type them (config_keys.py), so
+`variant.p=1` and `variant.p=1.0` are one run. Seeds of one table cell share a folder. Nothing under results/ is written by
 hand."""
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import subprocess
 from pathlib import Path
 
 from .atomic import atomic_file
+from .config_keys import canonical_numbers
 from .errors import UserError
 
 SCHEMA = 1
@@ -59,7 +61,7 @@ def config_hash(config: dict) -> str:
     trimmed = json.loads(json.dumps(config))
     for key in NON_IDENTITY_KEYS:
         _drop(trimmed, key)
-    trimmed = _without_neutral(trimmed)
+    trimmed = canonical_numbers(_without_neutral(trimmed))
     return hashlib.sha256(json.dumps(trimmed, sort_keys=True).encode()).hexdigest()[:10]
 
 

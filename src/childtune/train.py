@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import (data, distributed, guard, loggers, loop, models, optim, prune, records,
-               regularizers, transfer, variants)
+               regularizers, transfer, validate, variants)
 from .errors import UserError
 from .tasks import get_task
 
@@ -39,25 +39,11 @@ def rerun_command() -> str:
     return "python -m childtune.train " + " ".join(shlex.quote(o) for o in overrides)
 
 
-def check_config(config: dict) -> None:
-    get_task(config["task"]["name"])
-    variants.check_variant(config["variant"])
-    regularizers.check(config)
-    prune.check(config)
-    max_len = config["data"]["max_seq_length"]
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
-        raise UserError(f"data.max_seq_length must be a positive integer, got "
-                        f"{config['data']['max_seq_length']!r}")
-    n_train = config["data"].get("n_train")
-    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)
-                                or n_train <= 0):
-        raise UserError(f"data.n_train must be a positive integer or null, got {n_train!r}")
+check_config = validate.check_config  # the config alone; guarded_run adds the environment
 
 
 def run(cfg: DictConfig) -> Path:
-    config = OmegaConf.to_container(cfg, resolve=True)
-    check_config(config)
-    transfer.check(config)
+    config = OmegaConf.to_container(cfg, resolve=True)  # validated once by guard.guarded_run
     ident = records.identity(config)
     out = records.record_path(cfg.results_dir, ident)
     if out.exists() and not cfg.force and not transfer.needs_encoder(cfg, ident):
