@@ -6,6 +6,7 @@ training set reproducibly (`n_train`), and `make_loader` batches with dynamic pa
 from __future__ import annotations
 
 import csv
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,9 +49,12 @@ def resolve_data_dir(configured: str | None) -> Path | None:
 def _label_id(task: Task, raw: str, where: str):
     if task.is_regression:
         try:
-            return float(raw)
+            score = float(raw)
         except ValueError:
-            raise UserError(f"malformed row at {where}: score {raw!r} is not a number") from None
+            score = math.nan
+        if not math.isfinite(score):
+            raise UserError(f"malformed row at {where}: score {raw!r} is not a finite number")
+        return score
     if raw not in task.labels:
         raise UserError(f"malformed row at {where}: label {raw!r} not in {list(task.labels)}")
     return task.labels.index(raw)
@@ -94,7 +98,11 @@ def read_local(task: Task, data_dir: Path, split: str) -> Split:
     spec = task.local
     path = data_dir / spec.folder / spec.files[split]
     if path.is_file():
-        return _read_tsv(task, path, spec.split_values.get(split))
+        try:
+            return _read_tsv(task, path, spec.split_values.get(split))
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path} is not UTF-8 text ({exc.reason}: byte "
+                            f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
     if spec.parquet_fallback:
         parquet = data_dir / spec.parquet_fallback / f"glue-{task.hub_splits[split]}.parquet"
         if parquet.is_file():

@@ -2,7 +2,9 @@
 
     bad input (UserError)                      `error: ...`, exit 2, no record
     failed after validation: NaN loss          failure record (records.failure_path) with the
-      (TrainingDiverged), out of memory,         reason, `failed: ...`, exit 1
+      (TrainingDiverged), NaN/inf metrics or     reason, `failed: ...`, exit 1
+      weights (NotFinite), out of memory,
+      a killed parallel worker (launcher.py),
       any other exception
     interrupted: Ctrl-C, SIGKILL, timeout      nothing; rerunning the command redoes the run
 
@@ -24,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed, records, validate
 from .errors import UserError
 from .loop import TrainingDiverged
+from .metrics import NotFinite
 
 
 class JobFailed(CompactHydraException):
@@ -35,6 +38,8 @@ class JobFailed(CompactHydraException):
 def failure_reason(exc: BaseException) -> str:
     if isinstance(exc, TrainingDiverged):
         return "diverged"
+    if isinstance(exc, NotFinite):
+        return "not_finite"
     oom_types = tuple(t for t in (MemoryError, _torch_oom()) if t is not None)
     text = str(exc).lower()
     if isinstance(exc, oom_types) or "out of memory" in text or "can't allocate memory" in text:

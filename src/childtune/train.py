@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import (data, distributed, guard, loggers, loop, models, optim, prune, records,
                regularizers, transfer, validate, variants)
+from . import metrics as metrics_
 from .errors import UserError
 from .tasks import get_task
 
@@ -128,6 +129,9 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
                              scheduler, cfg.trainer.epochs, cfg.trainer.max_grad_norm,
                              progress=cfg.runtime.progress, on_step=logger.log_step,
                              loss_fn=regularizer.loss)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise metrics_.NotFinite("the trained weights hold NaN or inf (they blew up after the "
+                                 "last loss check)")
     in_sync = distributed.check_in_sync(model, child.masks)  # {} unless under torchrun
     if not distributed.is_main():
         return None
@@ -140,6 +144,7 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
                                                           task.is_regression, task.metrics)
         eval_seconds += pruned_seconds
 
+    metrics_.check_finite(result["metrics"])
     mask_info = child.info
     if isinstance(child.masker, variants.M.ChildTuningF):
         mask_info["observed_keep_rate"] = child.masker.keep_rate()
@@ -166,9 +171,19 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
 
 
 @hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     distributed.setup(cfg)  # joins torchrun's process group, if any
     guard.guarded_run(cfg, run, check_config, rerun_command)  # error/failure records, exit codes
+    distributed.teardown()  # reached when every rank succeeded; else the process exits anyway
+
+
+def main() -> None:
+    try:
+        validate.check_overrides(sys.argv[1:])  # before Hydra, which shows a traceback for them
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    _main()
 
 
 if __name__ == "__main__":

@@ -64,6 +64,16 @@ def seed(key: str, value, optional: bool = False) -> None:
         raise UserError(f"{key} must be an integer in [0, 2**32 - 1], got {value!r}")
 
 
+# ---------------------------------------------------------------- the command line
+
+def check_overrides(argv: list[str]) -> None:
+    """What Hydra itself reports with a traceback: a config group set to null."""
+    for arg in argv:
+        key, eq, value = arg.lstrip("+~").partition("=")
+        if eq and key in (*SECTIONS, "regularizer", "logger") and value in ("null", "None", ""):
+            raise UserError(f"{key}={value} leaves no {key}: name one of conf/{key}/*.yaml")
+
+
 # ---------------------------------------------------------------- the config alone
 
 def check_keys(config: dict) -> None:
