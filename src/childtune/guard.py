@@ -36,6 +36,8 @@ class JobFailed(CompactHydraException):
 # ---------------------------------------------------------------- failure records
 
 def failure_reason(exc: BaseException) -> str:
+    if isinstance(getattr(exc, "failure_reason", None), str):  # e.g. launcher.WorkerKilled
+        return exc.failure_reason
     if isinstance(exc, TrainingDiverged):
         return "diverged"
     if isinstance(exc, NotFinite):
