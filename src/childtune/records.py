@@ -134,6 +134,8 @@ def read_record(path: Path) -> dict:
             record = json.load(f)
         if not isinstance(record, dict) or "status" not in record:
             raise ValueError("no 'status' field")
+        if not isinstance(record.get("identity"), dict) or "config_hash" not in record["identity"]:
+            raise ValueError("no 'identity' field with a config_hash")
     except (OSError, ValueError) as exc:
         raise UserError(f"{path} is not a readable run record ({type(exc).__name__}: "
                         f"{str(exc)[:80]}); childtune writes records atomically, so it was cut "
