@@ -169,7 +169,7 @@ def test_bad_input_gives_one_error_line_exit_2_and_no_record(name, tmp_path, cap
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         guard.guarded_run(compose_cfg(overrides(data_dir, results, *extra)), train.run,
-                          train.check_config, train.rerun_command)
+                          train.rerun_command)
     out = capsys.readouterr()
     assert exit_.value.code == 2
     lines = out.err.strip().splitlines()

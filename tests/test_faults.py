@@ -19,7 +19,7 @@ def _guarded_failure(tmp_path, monkeypatch, capsys, patch) -> dict:
     patch(monkeypatch)
     with pytest.raises(SystemExit) as exit_:
         guard.guarded_run(compose_cfg(overrides(data_dir, results)), train.run,
-                          train.check_config, train.rerun_command)
+                          train.rerun_command)
     assert exit_.value.code == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("failed: tiny rte vanilla seed=1: not_finite")

@@ -30,7 +30,7 @@ def data_dir(tmp_path):
 
 
 def guarded(cfg, run=train.run):
-    return guard.guarded_run(cfg, run, train.check_config, train.rerun_command)
+    return guard.guarded_run(cfg, run, train.rerun_command)
 
 
 def ident_of(cfg) -> dict:

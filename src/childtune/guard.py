@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, records, validate
+from . import distributed, records
 from .errors import UserError
 from .loop import TrainingDiverged
 from .metrics import NotFinite
@@ -114,19 +114,16 @@ def _end(line: str, exit_code: int):
 
 
 def guarded_run(cfg: DictConfig, run: Callable[[DictConfig], object],
-                check_config: Callable[[dict], None], command: Callable[[], str]):
-    """`run(cfg)` with the outcomes of the module docstring. `check_config` (the config alone)
-    and validate.check_environment run first, once, so any later exception is a failed run,
-    not bad input."""
+                command: Callable[[], str]):
+    """`run(cfg)` with the outcomes of the module docstring. `run` validates the config first
+    (validate.py: its UserError is bad input), so any later exception is a failed run."""
     try:
         config = _resolved(cfg)
-        check_config(config)
-        validate.check_environment(config)
     except UserError as exc:
         return _end(f"error: {exc}", 2)
     try:
         return run(cfg)
-    except UserError as exc:  # found while reading data or loading the model: still bad input
+    except UserError as exc:  # validation, data files, the model: bad input
         return _end(f"error: {exc}", 2)
     except Exception as exc:  # noqa: BLE001 - every failure after validation gets a record
         return _end(record_failure(config, exc, command()), 1)

@@ -128,14 +128,16 @@ def write_failure(results_dir: str | Path, record: dict) -> Path | None:
     return path
 
 
-def read_record(path: Path) -> dict:
+def read_record(path: Path, run_record: bool = False) -> dict:
+    """A record file as a dict with a `status`; with `run_record`, also the `identity` every
+    run record has (what tables group by)."""
     try:
         with open(path) as f:
             record = json.load(f)
         if not isinstance(record, dict) or "status" not in record:
             raise ValueError("no 'status' field")
-        if not isinstance(record.get("identity"), dict) or "config_hash" not in record["identity"]:
-            raise ValueError("no 'identity' field with a config_hash")
+        if run_record and not isinstance(record.get("identity"), dict):
+            raise ValueError("no 'identity' field")
     except (OSError, ValueError) as exc:
         raise UserError(f"{path} is not a readable run record ({type(exc).__name__}: "
                         f"{str(exc)[:80]}); childtune writes records atomically, so it was cut "
@@ -150,7 +152,7 @@ def read_records(results_dir: str | Path) -> list[dict]:
     root = Path(results_dir)
     out = []
     for path in sorted((root / "runs").rglob("*.json")):
-        record = read_record(path)
+        record = read_record(path, run_record=True)
         record["path"] = str(path.relative_to(root))
         out.append(record)
     return out

@@ -40,11 +40,12 @@ def rerun_command() -> str:
     return "python -m childtune.train " + " ".join(shlex.quote(o) for o in overrides)
 
 
-check_config = validate.check_config  # the config alone; guarded_run adds the environment
+check_config = validate.check_config  # the config alone (validate.validate adds the environment)
 
 
 def run(cfg: DictConfig) -> Path:
-    config = OmegaConf.to_container(cfg, resolve=True)  # validated once by guard.guarded_run
+    config = OmegaConf.to_container(cfg, resolve=True)
+    validate.validate(config)  # the one validation pass, before any work (bad input: UserError)
     ident = records.identity(config)
     out = records.record_path(cfg.results_dir, ident)
     if out.exists() and not cfg.force and not transfer.needs_encoder(cfg, ident):
@@ -173,7 +174,7 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
 @hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     distributed.setup(cfg)  # joins torchrun's process group, if any
-    guard.guarded_run(cfg, run, check_config, rerun_command)  # error/failure records, exit codes
+    guard.guarded_run(cfg, run, rerun_command)  # error/failure records, exit codes
     distributed.teardown()  # reached when every rank succeeded; else the process exits anyway
 
 

@@ -4,7 +4,7 @@
                                 each module (variant, regularizer, prune, transfer), device
     check_environment(config)   what the config points at: the tokenizer (max_seq_length), the
                                 results and cache folders, a file already at the record's path
-    validate(config)            both, in that order (guard.guarded_run calls it once)
+    validate(config)            both, in that order (train.run calls it once, first)
 
 Every problem is a UserError: one `error: ...` line, exit 2, nothing written. Anything that
 fails after this pass is a failed run with a failure record (guard.py)."""
