@@ -299,3 +299,75 @@ def test_a_missing_readme_is_one_error_line(tmp_path, small_plan, capsys):
         aggregate.main([f"results_dir={tmp_path}", "figures=false",
                         f"readme={tmp_path / 'nope.md'}"])
     assert capsys.readouterr().err.strip().startswith("error: readme=")
+
+
+# ---------------------------------------------------------------- hostile inputs (issue 19)
+
+def _one_error_line(capsys, call) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        call()
+    assert exit_.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("a\n<!-- table: main protocol cpu -->\nold\nhand-written\n"
+     "<!-- table: nosuch protocol cpu -->\nkept\n<!-- /table -->\nend\n", "has no <!-- /table -->"),
+    ("a\n<!-- table: main protocol cpu -->\nold\nhand-written text\n", "is never closed"),
+    ("a\n<!-- /table -->\nb\n", "closes no block"),
+])
+def test_a_readme_with_unpaired_markers_is_refused_and_left_untouched(tmp_path, small_plan,
+                                                                       capsys, text, problem):
+    _write(tmp_path / "results", small_plan)
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    line = _one_error_line(capsys, lambda: aggregate.main([
+        f"results_dir={tmp_path / 'results'}", "figures=false", f"readme={readme}"]))
+    assert problem in line
+    assert readme.read_text() == text
+
+
+def test_hostile_aggregate_inputs_are_one_error_line(tmp_path, small_plan, capsys):
+    results = tmp_path / "results"
+    line = _one_error_line(capsys, lambda: aggregate.main([f"results_dir={results}"]))
+    assert "does not exist" in line  # not "0 records", exit 0
+    _write(results, small_plan)
+    line = _one_error_line(capsys, lambda: aggregate.main([f"results_dir={results}",
+                                                           "figures=maybe"]))
+    assert "figures must be true or false, got 'maybe'" in line
+    (results / "tables").write_text("a file where the tables folder goes")
+    line = _one_error_line(capsys, lambda: aggregate.main([f"results_dir={results}",
+                                                           "figures=false"]))
+    assert "cannot write tables to" in line
+    (results / "tables").unlink()
+    only_status = results / "runs" / "x" / "seed1.json"
+    only_status.parent.mkdir(parents=True)
+    only_status.write_text('{"status": "success"}')
+    line = _one_error_line(capsys, lambda: aggregate.main([f"results_dir={results}",
+                                                           "figures=false"]))
+    assert "is not a readable run record" in line and "identity" in line
+
+
+def test_hostile_plan_inputs_are_one_error_line_and_a_cut_record_is_not_done(
+        tmp_path, small_plan, capsys):
+    results = tmp_path / "results"
+    _write(results, small_plan)
+    args = [f"results_dir={results}", *LAUNCH]
+    assert plan.status(results, small_plan)["done"] == 12
+    for jobs in ("0", "abc"):
+        assert plan.main([*args, f"jobs={jobs}"]) == 2
+        assert capsys.readouterr().err.strip() == (f"error: jobs must be a positive integer, "
+                                                   f"got {jobs!r}")
+    first = results / small_plan.runs[0]["path"]
+    first.write_text(first.read_text()[:40])  # cut short by an interrupted copy
+    assert plan.main(args) == 2
+    assert "is not a readable run record" in capsys.readouterr().err
+    first.unlink()
+    assert plan.status(results, small_plan)["done"] == 11
+    [manifest] = (results / plan.PLANS).glob("*.json")
+    manifest.write_text(manifest.read_text()[:100])
+    assert plan.main(args) == 2
+    assert "is not a readable plan" in capsys.readouterr().err

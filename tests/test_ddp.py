@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -67,10 +66,13 @@ def _train(model, masker, seed: int) -> list[str]:
     return drawn
 
 
-def _rank(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD))
+def _rank(rank: int, out: str) -> None:
+    """One rank. The group meets in a file (no TCP port another process could take between
+    choosing and binding it) and is torn down before the process exits."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{out}/store",
+                                         rank=rank, world_size=WORLD)
     distributed.setup()
     result = {}
 
@@ -103,16 +105,11 @@ def _rank(rank: int, port: int, out: str) -> None:
     except distributed.ReplicasDiverged:
         result["control_drift"] = True
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    distributed.teardown()
 
 
 def test_two_gloo_ranks_hold_identical_masks_and_parameters(tmp_path):
-    tmp_mp.spawn(_rank, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    tmp_mp.spawn(_rank, args=(str(tmp_path),), nprocs=WORLD, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
     assert r0["own_mask"] != r1["own_mask"]  # the official per-rank masks differ
     assert r0["d_mask"] == r1["d_mask"] == r0["own_mask"]  # ours: rank 0's, everywhere

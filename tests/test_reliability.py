@@ -30,7 +30,7 @@ def data_dir(tmp_path):
 
 
 def guarded(cfg, run=train.run):
-    return guard.guarded_run(cfg, run, train.check_config, train.rerun_command)
+    return guard.guarded_run(cfg, run, train.rerun_command)
 
 
 def ident_of(cfg) -> dict:
@@ -125,6 +125,71 @@ def test_two_parallel_joblib_jobs_share_a_mask_and_a_failure_does_not_stop_the_o
     assert [e.suffix for e in entries] == [".npz"]  # one complete entry, no temp files
     masks, _ = variants.load_masks(entries[0])
     assert masks
+
+
+def _state_and_parent(pid: int) -> tuple[str, int] | None:
+    try:
+        state, parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+    except (OSError, ValueError):
+        return None
+    return state, int(parent)
+
+
+def _alive(pid: int) -> bool:
+    found = _state_and_parent(pid)
+    return found is not None and found[0] != "Z"
+
+
+def _children(pid: int) -> list[int]:
+    return sorted(int(p.name) for p in Path("/proc").glob("[0-9]*")
+                  if _alive(int(p.name)) and _state_and_parent(int(p.name))[1] == pid)
+
+
+def _parallel_sweep(tmp_path, data_dir, *extra):
+    args = [a for a in overrides(data_dir, tmp_path / "results", *extra)
+            if not a.startswith("runtime.threads")]
+    return subprocess.Popen([sys.executable, "-m", "childtune.train", "-m",
+                             "hydra/launcher=parallel", *args], cwd=tmp_path, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _first_children(sweep, timeout: float = 120) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while not (children := _children(sweep.pid)):
+        assert time.monotonic() < deadline and sweep.poll() is None, "no job process started"
+        time.sleep(0.05)
+    return children
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_killed_parallel_job_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, data_dir):
+    """SIGKILL of one job process (what the OOM killer does): with joblib the whole sweep
+    stopped (TerminatedWorkerError); here the other jobs finish and the killed run gets a
+    failure record and a line in the sweep's summary."""
+    sweep = _parallel_sweep(tmp_path, data_dir, "seed=1,2,3")
+    [first, *_] = _first_children(sweep)
+    os.kill(first, signal.SIGKILL)  # the job of seed=1
+    out, err = sweep.communicate(timeout=600)
+    assert sweep.returncode == 1, err
+    by_seed = {r["identity"]["seed"]: r for r in records.read_records(tmp_path / "results")}
+    assert {s: r["status"] for s, r in by_seed.items()} == {1: "failed", 2: "success",
+                                                           3: "success"}
+    assert by_seed[1]["reason"] == "killed" and "SIGKILL" in by_seed[1]["error"]
+    assert "parallel: 3 jobs, 2 finished, 1 failed" in err
+    assert "seed=1" in err.split("parallel: 3 jobs")[1]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_killing_a_parallel_sweep_stops_its_jobs(tmp_path, data_dir):
+    sweep = _parallel_sweep(tmp_path, data_dir, "seed=1,2,3")
+    jobs = _first_children(sweep)
+    sweep.kill()
+    sweep.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(map(_alive, jobs)):
+        assert time.monotonic() < deadline, "a job outlived its sweep"
+        time.sleep(0.1)
+    assert records_under(tmp_path / "results") == []  # killed before finishing: no records
 
 
 def test_the_slurm_launcher_config_renders_an_sbatch_array_without_a_cluster(tmp_path):

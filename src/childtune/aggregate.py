@@ -193,6 +193,15 @@ def _judging(plan: Plan, obs: pd.DataFrame, recs: dict):
     return tests, grids
 
 
+def writable_folder(folder: Path, what: str) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot write {what} to {folder} ({exc.strerror or exc}); move away "
+                        f"what is there or choose another results_dir") from None
+    return folder
+
+
 def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
                  reference: list[dict], reference_path: str, out_dir: Path,
                  blocks: dict[str, str] | None = None) -> tuple[list, list]:
@@ -213,7 +222,7 @@ def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
         frames.append(csv)
         test_frames.append(tests)
         observations.append((plan, obs))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    writable_folder(out_dir, "tables")
     paths = [out_dir / f"{study}.{ext}" for ext in ("md", "csv", "tex")]
     paths[0].write_text("\n".join(md))
     pd.concat(frames).to_csv(paths[1], index=False)
@@ -227,14 +236,38 @@ def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
 BLOCK = re.compile(r"(<!-- table: (?P<name>[^>]+?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 
 
+MARKER = re.compile(r"<!-- table: [^>]+? -->|<!-- /table -->")
+
+
+def read_readme(path: Path) -> str:
+    """The file's text, if its table markers pair up (each opening one closed before the next
+    opens): a missing closing marker would make a block swallow hand-written text."""
+    if not path.is_file():
+        raise UserError(f"readme={path}: no such file")
+    text = path.read_text()
+    open_at = None
+    for marker in MARKER.finditer(text):
+        line = text.count("\n", 0, marker.start()) + 1
+        if marker[0].startswith("<!-- table:") and open_at is not None:
+            raise UserError(f"readme={path}: the table block opened on line {open_at} has no "
+                            f"<!-- /table --> before the next block (line {line}); add it "
+                            f"(the file is left as it is)")
+        if marker[0] == "<!-- /table -->" and open_at is None:
+            raise UserError(f"readme={path}: <!-- /table --> on line {line} closes no block; "
+                            f"remove it (the file is left as it is)")
+        open_at = line if open_at is None else None
+    if open_at is not None:
+        raise UserError(f"readme={path}: the table block opened on line {open_at} is never "
+                        f"closed with <!-- /table -->; add it (the file is left as it is)")
+    return text
+
+
 def refresh_readme(path: Path, blocks: dict[str, str]) -> tuple[list[str], list[str]]:
     """Replaces the body of each `<!-- table: <study> <label> -->` ... `<!-- /table -->` block
     of a markdown file with that table section as just rebuilt, so the numbers a README shows
     are the records' own. Returns (names refreshed, names with no such table: left as they
     are)."""
-    if not path.is_file():
-        raise UserError(f"readme={path}: no such file")
-    text = path.read_text()
+    text = read_readme(path)
     done, unknown = [], []
 
     def body(match: re.Match) -> str:
@@ -269,6 +302,13 @@ def run(argv: list[str]) -> None:
     start = time.perf_counter()
     options = _options(argv)
     results_dir = Path(options["results_dir"])
+    if not results_dir.is_dir():
+        raise UserError(f"results_dir={results_dir} does not exist (no run records to "
+                        f"tabulate); run the studies first or point results_dir= at them")
+    if options["figures"] not in ("true", "false"):
+        raise UserError(f"figures must be true or false, got {options['figures']!r}")
+    if options["readme"]:
+        read_readme(Path(options["readme"]))  # a malformed file stops us before any work
     reference = load_reference(options["reference"])
     recs = {r["path"]: r for r in records.read_records(results_dir)}
     plans = all_plans(results_dir, recs)
@@ -290,7 +330,8 @@ def run(argv: list[str]) -> None:
     if options["figures"] == "true":
         from . import figures
 
-        for path in figures.build(observations, recs, results_dir / "figures", slugs):
+        for path in figures.build(observations, recs,
+                                  writable_folder(results_dir / "figures", "figures"), slugs):
             print(f"figure: wrote {path}")
     unplanned = len(set(recs) - planned)
     if unplanned:

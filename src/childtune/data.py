@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,9 +62,12 @@ def resolve_data_dir(configured: str | None) -> Path | None:
 def _label_id(task: Task, raw: str, where: str):
     if task.is_regression:
         try:
-            return float(raw)
+            score = float(raw)
         except ValueError:
-            raise UserError(f"malformed row at {where}: score {raw!r} is not a number") from None
+            score = math.nan
+        if not math.isfinite(score):
+            raise UserError(f"malformed row at {where}: score {raw!r} is not a finite number")
+        return score
     if raw not in task.labels:
         raise UserError(f"malformed row at {where}: label {raw!r} not in {list(task.labels)}")
     return task.labels.index(raw)
@@ -125,7 +129,12 @@ def read_local(task: Task, data_dir: Path, split: str) -> Split:
     name = source_file(task, data_dir, split)
     if name.endswith(".parquet"):
         return _read_parquet(task, data_dir / name)
-    return _read_tsv(task, data_dir / name, task.local.split_values.get(split))
+    path = data_dir / name
+    try:
+        return _read_tsv(task, path, task.local.split_values.get(split))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not UTF-8 text ({exc.reason}: byte "
+                        f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
 
 
 # ---------------------------------------------------------------- hub

@@ -69,6 +69,17 @@ def setup(cfg=None) -> Context | None:
     return _context
 
 
+def teardown() -> None:
+    """Leaves the process group: every rank waits for the others, then destroys it. A rank that
+    exits with the group alive can abort in gloo's C++ teardown ("terminate called without an
+    active exception", SIGABRT) while a slower rank still talks to it (seen under load)."""
+    global _context
+    if _context is not None and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    _context = None
+
+
 def context() -> Context | None:
     return _context
 

@@ -4,6 +4,8 @@ Values are fractions (accuracy 0.8, not 80); tables scale them. `combined_score`
 when a task has two metrics, as in the HF GLUE metric."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
@@ -23,3 +25,17 @@ def compute(names, preds, labels) -> dict[str, float]:
     if len(names) > 1:
         scores["combined_score"] = float(np.mean([scores[n] for n in names]))
     return scores
+
+
+class NotFinite(RuntimeError):
+    """A run's metrics (or trained weights) hold NaN or inf: a failed run, never a result."""
+
+
+def check_finite(metrics: dict, where: str = "metrics") -> None:
+    """Raises NotFinite naming the first NaN/inf value in a nested dict of numbers."""
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            check_finite(value, f"{where}.{key}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise NotFinite(f"{where}.{key} is {value} (e.g. constant predictions or weights "
+                            f"that blew up after the last loss check)")

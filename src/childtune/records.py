@@ -16,7 +16,8 @@ runs) is trained once; each study's table selects the records its plan names.
 The config hash covers the whole resolved config except the keys that do not change the
 numbers (seed, where data/results/caches live, logging, runtime). Values that are null, false
 or "none" are left out of it too, so a new option whose default is off keeps every existing
-run's identity. Seeds of one table cell share a folder. Nothing under results/ is written by
+run's identity. Numbers are hashed as the option files type them (config_keys.py), so
+`variant.p=1` and `variant.p=1.0` are one run. Seeds of one table cell share a folder. Nothing under results/ is written by
 hand."""
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import subprocess
 from pathlib import Path
 
 from .atomic import atomic_file
+from .config_keys import canonical_numbers
 from .errors import UserError
 
 SCHEMA = 1
@@ -59,7 +61,7 @@ def config_hash(config: dict) -> str:
     trimmed = json.loads(json.dumps(config))
     for key in NON_IDENTITY_KEYS:
         _drop(trimmed, key)
-    trimmed = _without_neutral(trimmed)
+    trimmed = canonical_numbers(_without_neutral(trimmed))
     return hashlib.sha256(json.dumps(trimmed, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -134,12 +136,16 @@ def write_failure(results_dir: str | Path, record: dict) -> Path | None:
     return path
 
 
-def read_record(path: Path) -> dict:
+def read_record(path: Path, run_record: bool = False) -> dict:
+    """A record file as a dict with a `status`; with `run_record`, also the `identity` every
+    run record has (what tables group by)."""
     try:
         with open(path) as f:
             record = json.load(f)
         if not isinstance(record, dict) or "status" not in record:
             raise ValueError("no 'status' field")
+        if run_record and not isinstance(record.get("identity"), dict):
+            raise ValueError("no 'identity' field")
     except (OSError, ValueError) as exc:
         raise UserError(f"{path} is not a readable run record ({type(exc).__name__}: "
                         f"{str(exc)[:80]}); childtune writes records atomically, so it was cut "
@@ -154,7 +160,7 @@ def read_records(results_dir: str | Path) -> list[dict]:
     root = Path(results_dir)
     out = []
     for path in sorted((root / "runs").rglob("*.json")):
-        record = read_record(path)
+        record = read_record(path, run_record=True)
         record["path"] = str(path.relative_to(root))
         out.append(record)
     return out

@@ -17,8 +17,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import (data, distributed, guard, loggers, loop, models, optim, prune, records,
-               reference_rows, regularizers, transfer, variants)
-from .errors import UnsetValue, UserError
+               reference_rows, regularizers, transfer, validate, variants)
+from . import metrics as metrics_
+from .errors import UserError, resolving
 from .tasks import get_task
 
 
@@ -39,30 +40,12 @@ def rerun_command() -> str:
     return "python -m childtune.train " + " ".join(shlex.quote(o) for o in overrides)
 
 
-def check_config(config: dict) -> None:
-    get_task(config["task"]["name"])
-    if unset := records.unset_study_keys(config):
-        raise UnsetValue(unset)
-    variants.check_variant(config["variant"])
-    regularizers.check(config)
-    prune.check(config)
-    max_len = config["data"]["max_seq_length"]
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len <= 0:
-        raise UserError(f"data.max_seq_length must be a positive integer, got "
-                        f"{config['data']['max_seq_length']!r}")
-    if not isinstance(config["data"].get("group_by_length", False), bool):
-        raise UserError(f"data.group_by_length must be true or false, got "
-                        f"{config['data']['group_by_length']!r}")
-    n_train = config["data"].get("n_train")
-    if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)
-                                or n_train <= 0):
-        raise UserError(f"data.n_train must be a positive integer or null, got {n_train!r}")
+check_config = validate.check_config  # the config alone (validate.validate adds the environment)
 
 
 def run(cfg: DictConfig) -> Path:
-    config = OmegaConf.to_container(cfg, resolve=True)
-    check_config(config)
-    transfer.check(config)
+    config = resolving(lambda: OmegaConf.to_container(cfg, resolve=True))
+    validate.validate(config)  # the one validation pass, before any work (bad input: UserError)
     ident = records.identity(config)
     out = records.record_path(cfg.results_dir, ident)
     if out.exists() and not cfg.force and not transfer.needs_encoder(cfg, ident):
@@ -162,6 +145,9 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
                              scheduler, cfg.trainer.epochs, cfg.trainer.max_grad_norm,
                              progress=cfg.runtime.progress, on_step=logger.log_step,
                              loss_fn=regularizer.loss, precision=precision)
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise metrics_.NotFinite("the trained weights hold NaN or inf (they blew up after the "
+                                 "last loss check)")
     in_sync = distributed.check_in_sync(model, child.masks)  # {} unless under torchrun
     if not distributed.is_main():
         return None
@@ -176,6 +162,7 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
                                                           precision)
         eval_seconds += pruned_seconds
 
+    metrics_.check_finite(result["metrics"])
     mask_info = child.info
     if isinstance(child.masker, variants.M.ChildTuningF):
         mask_info["observed_keep_rate"] = child.masker.keep_rate()
@@ -202,9 +189,19 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
 
 
 @hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     distributed.setup(cfg)  # joins torchrun's process group, if any
-    guard.guarded_run(cfg, run, check_config, rerun_command)  # error/failure records, exit codes
+    guard.guarded_run(cfg, run, rerun_command)  # error/failure records, exit codes
+    distributed.teardown()  # reached when every rank succeeded; else the process exits anyway
+
+
+def main() -> None:
+    try:
+        validate.check_overrides(sys.argv[1:])  # before Hydra, which shows a traceback for them
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    _main()
 
 
 if __name__ == "__main__":

@@ -134,6 +134,17 @@ def load_masks(path: Path, model=None) -> tuple[dict[str, torch.Tensor], dict]:
     return out, meta
 
 
+def check_kept(path: Path, masks: dict[str, torch.Tensor], p: float) -> None:
+    """A cached fixed mask keeps exactly round(p * N) of its N entries (masks.kept_count), as
+    every mask childtune writes does; any other count means the file was altered."""
+    total = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    if kept != M.kept_count(p, total):
+        raise UserError(f"mask cache entry {path} keeps {kept} of {total} entries, not "
+                        f"round(p * N) = {M.kept_count(p, total)} for p={p}; delete it and "
+                        f"rerun (the mask is recomputed)")
+
+
 def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progress):
     names = M.scope_names(model, variant["scope"], variant.get("k"))
     kind, p = variant["mask"], variant["p"]
@@ -238,6 +249,7 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
     path = cache_dir / "masks" / f"{key}.npz" if cache_dir else None
     if path is not None and path.is_file():
         masks, meta = load_masks(path, model)
+        check_kept(path, masks, variant["p"])
         info = {"source": "reused", "fisher_seconds": 0.0, "computed_fisher_seconds":
                 meta.get("fisher_seconds"),
                 **{k: meta[k] for k in ("fisher_quantiles", "fisher_log10_histogram")

@@ -1,0 +1,7 @@
+"""Hydra instantiates launchers only from the hydra_plugins package: this names childtune's
+parallel launcher there (the code is src/childtune/launcher.py)."""
+from childtune import launcher
+
+
+class ParallelLauncher(launcher.ParallelLauncher):
+    pass
