@@ -38,7 +38,7 @@ class TrainingDiverged(RuntimeError):
 class Precision:
     """`trainer.precision` on one device type: the autocast context of forward passes and, for
     fp16, the gradient scaler (GradScaler works on the CPU too; the run config allows fp16 on
-    CUDA only, see guard.check_device_support)."""
+    CUDA only, see validate.check_device_support)."""
 
     def __init__(self, name: str = "fp32", device: torch.device | str = "cpu"):
         if name not in PRECISIONS:
