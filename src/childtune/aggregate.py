@@ -83,7 +83,9 @@ def all_plans(results_dir, recs: dict[str, dict]) -> list[Plan]:
         if study in plans_mod.studies():
             launch = [f"experiment={study}"] + ([f"protocol={protocol}"] if protocol else [])
             plans.append(plans_mod.cached_plan(results_dir, launch))
-    return plans
+    return plans + plans_mod.records_plans(
+        [r for path, r in recs.items() if path not in named
+         and r["config"].get("study") not in plans_mod.studies()])
 
 
 def _slugs(plans: list[Plan]) -> dict[str, str]:

@@ -206,7 +206,8 @@ def make_plan(overrides: list[str], identities: bool = True) -> Plan:
     overrides = [o for o in overrides if _plan_key(o.split("=", 1)[0])]
     fixed = [str(o.input_line) for o in _parse(overrides) if not o.is_sweep_override()]
     root = compose(fixed, hydra_node=True)
-    params = OmegaConf.to_container(root.hydra.sweeper.params, resolve=True) or {}
+    params = OmegaConf.select(root, "hydra.sweeper.params")  # None: a sweep of no study
+    params = {} if params is None else OmegaConf.to_container(params, resolve=True)
     protocol = OmegaConf.select(root, "protocol.name", default=None)
     plan = Plan(root.study, protocol, overrides, [], conf_sha=conf_sha())
     jobs = expand({k: str(v) for k, v in params.items()}, overrides)
@@ -255,6 +256,33 @@ def encoder_path(cache_dir, ident: dict) -> Path:
     return checkpoints.path(cache_dir, "encoders", ident)
 
 
+def records_plans(recs: list[dict]) -> list[Plan]:
+    """Plans rebuilt from records that no saved plan names (a sweep of no study, single runs):
+    one per study, protocol and set of command-line keys, each run's overrides read back from
+    its record's command, so the table lays out what the sweep varied. Such a plan names only
+    the runs that left a record: nothing is counted as missing."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for rec in recs:
+        tokens = shlex.split(rec.get("command") or "")[3:]  # python -m childtune.train ...
+        job = [t for t in tokens if "=" in t and _plan_key(t.split("=", 1)[0])]
+        ident = rec["identity"]
+        key = (ident.get("study") or "adhoc", (rec["config"].get("protocol") or {}).get("name"),
+               tuple(sorted(t.split("=", 1)[0] for t in job)))
+        groups.setdefault(key, {})[_relative(ident)] = {
+            "overrides": _keyed(job), "identity": ident, "path": _relative(ident),
+            "seconds": None, "line": job}
+    plans = []
+    for (study, protocol, _), runs in sorted(groups.items(), key=str):
+        values: dict[str, dict] = {}
+        for run in runs.values():
+            for token in run.pop("line"):
+                key, _, value = token.partition("=")
+                values.setdefault(key, {})[value] = None
+        launch = [f"{k}={','.join(v)}" for k, v in values.items()]
+        plans.append(Plan(study, protocol, launch, sorted(runs.values(), key=lambda r: r["path"])))
+    return plans
+
+
 # ---------------------------------------------------------------- manifests
 
 def manifest_path(results_dir, plan: Plan) -> Path:
@@ -296,8 +324,6 @@ class ManifestCallback(Callback):
     """Saves each multirun's plan next to its records, before the first job starts."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        if config.get("study", "adhoc") == "adhoc":
-            return
         try:
             plan = make_plan(list(config.hydra.overrides.task))
             path = write_manifest(config.results_dir, plan)
