@@ -185,7 +185,7 @@ def test_tables_and_figures_upload_to_one_offline_summary_run(env, capsys):
     plt.figure(figsize=(2, 2))
     plt.savefig(results / "figures" / "main_seeds.png")
     plt.close("all")
-    wandb_tables.main(["--results-dir", str(results)])
+    wandb_tables.main([f"results_dir={results}"])
     assert "1 tables, 1 figures" in capsys.readouterr().out
     (run_dir,) = (results / "wandb").glob("offline-run-*")
     logged = read_run(run_dir)
@@ -201,7 +201,7 @@ def test_tables_upload_without_tables_is_one_clear_error(env, capsys):
     from childtune import wandb_tables
 
     with pytest.raises(SystemExit) as exit_:
-        wandb_tables.main(["--results-dir", str(env / "empty")])
+        wandb_tables.main([f"results_dir={env / 'empty'}"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no tables") and "make reproduce-tables" in err

@@ -4,6 +4,7 @@
     python -m childtune.plan protocol=cpu                     # every study of a protocol
     python -m childtune.plan protocol=cpu save=true           # ... and save their plans
     python -m childtune.plan protocol=cpu launch=true         # ... save, run what is missing
+    python -m childtune.plan experiment=main protocol=cpu missing=true  # ... list missing runs
 
 A plan composes the experiment and protocol configs with Hydra's compose API, expands the sweeper
 params the way Hydra's basic sweeper does (a command-line sweep such as `seed=1,2` replaces the
@@ -12,8 +13,9 @@ configs' own), and names each planned run's record path (records.identity / reco
 Plans are saved as manifests, `<results_dir>/plans/<study>-<protocol>-<digest>.json`: every
 multirun writes its own (`ManifestCallback`, configured in conf/config.yaml); this command
 saves the default one of each study with save=true or launch=true. The tables read manifests to know which records make up a
-cell and how many are missing. Composing is slow (about 0.1 s a config), so a manifest made
-from the same configs (`conf_sha`) is reused instead of composed again.
+cell and how many are missing. Composing is slow (about 0.1 s a config), so a plan made from
+the same configs (`conf_sha`) is reused, from a manifest or the plan cache
+(.cache/childtune/plans), instead of composed again.
 
 This module never imports torch or the training code."""
 from __future__ import annotations
@@ -27,14 +29,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoints, records
+from . import checkpoints, cli, records
 from .errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PLANS = "plans"
+_SENTINEL_SEED = -7_319_251  # never a real seed: shows whether a config uses the seed elsewhere
+PLAN_CACHE = ".cache/childtune/plans"  # composed plans by overrides and conf_sha
 # Override keys that never change which runs a launch plans (where they go, how they run).
 _NOT_PLAN_KEYS = ("results_dir", "runtime", "force", "logger", "hydra")
-_SENTINEL_SEED = -7_319_251  # never a real seed: shows whether a config uses the seed elsewhere
 # Keys a study's table lays out as columns; every other swept key is a row or panel key.
 TASK_KEYS = ("task", "transfer.source_task")
 
@@ -300,15 +303,29 @@ def read_manifests(results_dir) -> list[Plan]:
     return [Plan.from_json(json.loads(p.read_text())) for p in sorted(root.glob("*.json"))]
 
 
+def _cache_file(overrides: list[str], sha: str) -> Path:
+    key = hashlib.sha256(json.dumps([overrides, sha]).encode()).hexdigest()[:16]
+    return Path(PLAN_CACHE) / f"{key}.json"
+
+
 def cached_plan(results_dir, overrides: list[str], save: bool = True) -> Plan:
-    """The saved plan of these overrides if the configs have not changed since; else composed
-    (and saved if `save`)."""
+    """The saved plan of these overrides if the configs have not changed since (a manifest
+    under <results_dir>/plans, or the plan cache); else composed, cached, and saved as a
+    manifest if `save`."""
     wanted = [o for o in overrides if _plan_key(o.split("=", 1)[0])]
     sha = conf_sha()
     for plan in read_manifests(results_dir):
         if plan.launch == wanted and plan.conf_sha == sha:
             return plan
-    plan = make_plan(wanted)
+    cache = _cache_file(wanted, sha)
+    try:
+        plan = Plan.from_json(json.loads(cache.read_text()))
+    except (OSError, ValueError, KeyError):
+        plan = make_plan(wanted)
+        try:
+            records.write_json_atomic(cache, plan.to_json())
+        except OSError:
+            pass  # a cache only: the plan is composed again next time
     if save:
         write_manifest(results_dir, plan)
     return plan
@@ -378,32 +395,49 @@ def _total(results_dir, plans: list[Plan], jobs: int) -> str:
             f"({_time(_hours(missing + missing_sources), jobs)})")
 
 
-def _arguments(argv: list[str]) -> tuple[dict, list[str]]:
-    options, overrides = {"results_dir": "results", "launch": "false", "save": "false",
-                          "jobs": "2",
-                          "launcher": "hydra/launcher=parallel"}, []
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key in options:
-            options[key] = value
-        else:
-            overrides.append(arg)
-    return options, overrides
+OPTIONS = {
+    "results_dir": ("results", "where the records are"),
+    "save": ("false", "true: save each study's plan under <results_dir>/plans"),
+    "launch": ("false", "true: save, then run each study's missing runs (a multirun)"),
+    "launcher": ("hydra/launcher=parallel", "Hydra overrides the multiruns launch with"),
+    "jobs": ("2", "jobs side by side, for the wall-time estimate"),
+    "missing": ("false", "true: list each missing run (record path and command)"),
+}
+REST = ("experiment=<study> (default: every study), protocol=<name> and any other override "
+        "of the study's configs (as for python -m childtune.train -m)")
+
+
+def _missing_lines(results_dir, plan: Plan) -> list[str]:
+    missing, sources = _missing(results_dir, plan.runs, plan.sources)
+    return [f"  missing {r['path']}: python -m childtune.train " +
+            " ".join(shlex.quote(f"{k}={v}") for k, v in r["overrides"].items())
+            for r in missing] + [f"  missing source encoder {s['encoder']} ({s['path']})"
+                                 for s in sources]
 
 
 def main(argv: list[str] | None = None) -> int:
-    options, overrides = _arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        options, overrides = cli.parse(sys.argv[1:] if argv is None else argv, __doc__,
+                                       OPTIONS, REST)
+        launching, listing = cli.flag(options, "launch"), cli.flag(options, "missing")
+        save = launching or cli.flag(options, "save")
+        if not options["jobs"].isdigit() or int(options["jobs"]) < 1:
+            raise UserError(f"jobs must be a positive integer, got {options['jobs']!r}")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     rest = [o for o in overrides if not o.startswith("experiment=")]
     results_dir, jobs = options["results_dir"], int(options["jobs"])
-    launching = options["launch"] == "true"
     done = []
     try:
         for study in chosen or studies():
             launch = [f"experiment={study}", *rest]
-            plan = cached_plan(results_dir, launch, save=launching or options["save"] == "true")
+            plan = cached_plan(results_dir, launch, save=save)
             done.append(plan)
             print(_describe(results_dir, plan, jobs), flush=True)
+            if listing:
+                print("\n".join(_missing_lines(results_dir, plan)), flush=True)
             if launching and status(results_dir, plan)["missing"]:
                 command = [sys.executable, "-m", "childtune.train", "-m", *launch,
                            f"results_dir={results_dir}", *shlex.split(options["launcher"])]
