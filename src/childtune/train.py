@@ -39,6 +39,12 @@ def rerun_command() -> str:
     return "python -m childtune.train " + " ".join(shlex.quote(o) for o in overrides)
 
 
+def show_progress(cfg: DictConfig) -> bool:
+    """Progress bars for a single run only: a multirun's jobs, side by side, would draw over
+    each other's bars (each job's train.log and final line tell how it went, sweep.py)."""
+    return bool(cfg.runtime.progress) and not guard.in_multirun()
+
+
 def check_config(config: dict) -> None:
     get_task(config["task"]["name"])
     variants.check_variant(config["variant"])
@@ -84,7 +90,7 @@ def run(cfg: DictConfig) -> Path:
         cache_parts={"model": config["model"], "task": task.name, "data": {
             k: v for k, v in config["data"].items() if k != "dir"},
             "batch_size": cfg.trainer.batch_size} | transfer.mask_cache_parts(source),
-        progress=cfg.runtime.progress), config["variant"], model)  # DDP: rank 0's mask
+        progress=show_progress(cfg)), config["variant"], model)  # DDP: rank 0's mask
     # after the Fisher pass, which thus sees the plain model and the plain task loss
     regularizer = regularizers.build(config.get("regularizer"), model, seed=cfg.seed)
     ct_d = prune.ct_d_run(config)  # variant=prune: the CT_D run it prunes (None otherwise)
@@ -140,7 +146,7 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
     else:
         trained = loop.train(distributed.wrap(model, cfg.seed), train_loader, optimizer,
                              scheduler, cfg.trainer.epochs, cfg.trainer.max_grad_norm,
-                             progress=cfg.runtime.progress, on_step=logger.log_step,
+                             progress=show_progress(cfg), on_step=logger.log_step,
                              loss_fn=regularizer.loss)
     in_sync = distributed.check_in_sync(model, child.masks)  # {} unless under torchrun
     if not distributed.is_main():
