@@ -146,7 +146,8 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
     else:
         trained = loop.train(distributed.wrap(model, cfg.seed), train_loader, optimizer,
                              scheduler, cfg.trainer.epochs, cfg.trainer.max_grad_norm,
-                             progress=show_progress(cfg), on_step=logger.log_step,
+                             progress=show_progress(cfg), on_step=lambda values: logger.log_step(
+                                 {**values, "epoch": values["step"] / len(train_loader)}),
                              loss_fn=regularizer.loss)
     in_sync = distributed.check_in_sync(model, child.masks)  # {} unless under torchrun
     if not distributed.is_main():
