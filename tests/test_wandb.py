@@ -59,7 +59,8 @@ def run(tmp_path: Path, *extra: str) -> dict:
 
 
 def test_offline_run_writes_expected_keys(env):
-    record = run(env, "logger=wandb", "variant=child_tuning_d", "seed=3")
+    record = run(env, "logger=wandb", "variant=child_tuning_d", "seed=3", "logger.tags=[mine]",
+                 "logger.notes=why")
     info, ident = record["logger"], record["identity"]
     assert info["mode"] == "offline"  # WANDB_MODE unset: offline, no key needed
     run_dir = env / "results" / info["dir"]
@@ -69,10 +70,12 @@ def test_offline_run_writes_expected_keys(env):
     meta = logged["run"]
     assert meta.run_id == info["id"]
     assert (meta.project, meta.job_type, meta.display_name) == (
-        "childtune-adhoc", "child_tuning_d", "rte-child_tuning_d-seed3")
+        "childtune", "child_tuning_d",
+        f"rte-child_tuning_d-p0.3-n32-lr0.0001-seed3-{ident['config_hash'][:6]}")
     # The group is the record's folder: the seeds of one table cell share it.
     assert meta.run_group == "/".join(Path(record["path"]).parent.parts[1:]) == info["group"]
-    assert list(meta.tags) == ["adhoc", "tiny", "rte", "child_tuning_d", "seed3"]
+    assert list(meta.tags) == ["adhoc", "tiny", "rte", "child_tuning_d", "seed3", "mine"]
+    assert meta.notes == "why"
     assert logged["config"]["variant"]["p"] == record["config"]["variant"]["p"]
     assert logged["config"]["identity"]["config_hash"] == ident["config_hash"]
 
@@ -80,6 +83,9 @@ def test_offline_run_writes_expected_keys(env):
     assert [row["_step"] for row in steps] == list(range(1, record["train"]["steps"] + 1))
     assert all({"train/lr", "train/grad_norm", "train/epoch"} <= set(row) for row in steps)
     assert steps[-1]["train/loss"] == pytest.approx(record["train"]["last_loss"])
+    per_epoch = record["train"]["steps"]  # one epoch: the epoch grows by 1/steps a step
+    assert [row["train/epoch"] for row in steps] == pytest.approx(
+        [s / per_epoch for s in range(1, per_epoch + 1)])
 
     summary = logged["summary"]
     assert summary["eval/dev/accuracy"] == pytest.approx(record["metrics"]["dev"]["accuracy"])
@@ -142,7 +148,7 @@ def test_seeds_of_one_cell_share_a_group_and_other_cells_do_not():
     other_lr = loggers.run_names(ident | {"config_hash": "def"}, "ct")
     assert one["group"] == other_seed["group"] != other_lr["group"]
     assert one["name"] != other_seed["name"]
-    assert one["project"] == "ct-main"
+    assert one["project"] == "ct" and "main" in one["tags"]   # one project, the study a tag
 
 
 def test_unknown_mode_is_one_clear_error():
@@ -185,7 +191,7 @@ def test_tables_and_figures_upload_to_one_offline_summary_run(env, capsys):
     plt.figure(figsize=(2, 2))
     plt.savefig(results / "figures" / "main_seeds.png")
     plt.close("all")
-    wandb_tables.main(["--results-dir", str(results)])
+    wandb_tables.main([f"results_dir={results}"])
     assert "1 tables, 1 figures" in capsys.readouterr().out
     (run_dir,) = (results / "wandb").glob("offline-run-*")
     logged = read_run(run_dir)
@@ -201,8 +207,18 @@ def test_tables_upload_without_tables_is_one_clear_error(env, capsys):
     from childtune import wandb_tables
 
     with pytest.raises(SystemExit) as exit_:
-        wandb_tables.main(["--results-dir", str(env / "empty")])
+        wandb_tables.main([f"results_dir={env / 'empty'}"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no tables") and "make reproduce-tables" in err
     assert "\n" not in err
+
+
+def test_run_names_are_unique_across_a_p_sweep():
+    from childtune.loggers import run_names
+
+    base = {"study": "p_sweep", "model": "minilm", "task": "mrpc", "variant": "child_tuning_d",
+            "n_train": 1000, "lr": 5e-5, "regularizer": "none"}
+    names = {run_names({**base, "p": p, "seed": seed, "config_hash": f"h{p}"}, "childtune")["name"]
+             for p in (0.1, 0.2, 0.3) for seed in (1, 2)}
+    assert len(names) == 6 and "mrpc-child_tuning_d-p0.2-n1000-lr5e-05-seed2-h0.2" in names

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import plan as plans_mod
-from . import evidence, records, tables
+from . import cli, evidence, records, tables
 from .atomic import atomic_file
 from .errors import UserError
 from .plan import Plan
@@ -84,7 +84,9 @@ def all_plans(results_dir, recs: dict[str, dict]) -> list[Plan]:
         if study in plans_mod.studies():
             launch = [f"experiment={study}"] + ([f"protocol={protocol}"] if protocol else [])
             plans.append(plans_mod.cached_plan(results_dir, launch))
-    return plans
+    return plans + plans_mod.records_plans(
+        [r for path, r in recs.items() if path not in named
+         and r["config"].get("study") not in plans_mod.studies()])
 
 
 def _slugs(plans: list[Plan]) -> dict[str, str]:
@@ -286,16 +288,19 @@ def refresh_readme(path: Path, blocks: dict[str, str]) -> tuple[list[str], list[
     return done, unknown
 
 
+OPTIONS = {
+    "results_dir": ("results", "the records (runs/) and plans (plans/); tables/ and figures/ "
+                    "are written there"),
+    "reference": ("", "the paper's numbers (YAML; default: the suite's reference/paper.yaml)"),
+    "figures": ("true", "false: tables only"),
+    "readme": ("", "a markdown file whose <!-- table: ... --> blocks are refreshed (none by "
+               "default)"),
+}
+
+
 def _options(argv: list[str]) -> dict:
-    options = {"results_dir": "results", "reference": str(DEFAULT_REFERENCE), "figures": "true",
-               "readme": ""}
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in options:
-            raise UserError(f"unknown argument {arg!r}; use " +
-                            " ".join(f"{k}=..." for k in options))
-        options[key] = value
-    return options
+    options = cli.parse(argv, __doc__, OPTIONS)[0]
+    return {**options, "reference": options["reference"] or str(DEFAULT_REFERENCE)}
 
 
 def run(argv: list[str]) -> None:
@@ -327,7 +332,7 @@ def run(argv: list[str]) -> None:
         done, unknown = refresh_readme(Path(options["readme"]), blocks)
         print(f"{options['readme']}: refreshed table blocks {', '.join(done) or '(none)'}"
               + (f"; no such table for {', '.join(unknown)} (left as is)" if unknown else ""))
-    if options["figures"] == "true":
+    if cli.flag(options, "figures"):
         from . import figures
 
         for path in figures.build(observations, recs,

@@ -39,16 +39,33 @@ def build_logger(logger_cfg, config: dict, ident: dict) -> NullLogger:
     raise UserError(f"logger must be none or wandb, got {logger_cfg.name!r}")
 
 
-def run_names(ident: dict, project: str) -> dict:
-    """Where a run appears on the dashboard: one project per study, one group per table cell
-    (the seeds of one config share its hash, as they share a folder under runs/)."""
+def run_name(ident: dict) -> str:
+    """A name no other run shares: task and variant, the identity fields that are set (p,
+    regularizer, n_train), lr and seed, then the config hash's first characters (settings that
+    differ elsewhere still differ)."""
+    parts = [ident["task"], ident["variant"]]
+    if ident.get("p") is not None:
+        parts.append(f"p{ident['p']:g}")
+    if ident.get("regularizer") not in (None, "none"):
+        parts.append(ident["regularizer"])
+    if ident.get("n_train") is not None:
+        parts.append(f"n{ident['n_train']}")
+    if ident.get("lr") is not None:
+        parts.append(f"lr{ident['lr']:g}")
+    parts += [f"seed{ident['seed']}", ident["config_hash"][:6]]
+    return "-".join(parts)
+
+
+def run_names(ident: dict, project: str, tags=()) -> dict:
+    """Where a run appears on the dashboard: one project, the study as a tag, one group per
+    table cell (the seeds of one config share its hash, as they share a folder under runs/)."""
     cell = (ident["model"], ident["task"], ident["variant"])
     return {
-        "project": f"{project}-{ident['study']}",
+        "project": project,
         "group": "/".join((*cell, ident["config_hash"])),
         "job_type": ident["variant"],
-        "name": f"{ident['task']}-{ident['variant']}-seed{ident['seed']}",
-        "tags": [ident["study"], *cell, f"seed{ident['seed']}"],
+        "name": run_name(ident),
+        "tags": [ident["study"], *cell, f"seed{ident['seed']}", *tags],
     }
 
 
@@ -84,7 +101,8 @@ def start_run(mode: str, *, console: str = "off", init_timeout: float = 30, **in
     warns and runs offline, so a job never fails or waits for want of an account."""
     import wandb
 
-    settings = wandb.Settings(console=console, init_timeout=init_timeout, login_timeout=5)
+    settings = wandb.Settings(console=console, init_timeout=init_timeout, login_timeout=5,
+                              quiet=True)  # no banner lines per run
     init_kwargs.setdefault("reinit", "finish_previous")
     try:
         return wandb.init(mode=mode, settings=settings, **init_kwargs), mode
@@ -102,12 +120,12 @@ class WandbLogger(NullLogger):
             raise UserError(f"logger.mode must be one of {', '.join(WANDB_MODES)}, got "
                             f"{logger_cfg.mode!r} (WANDB_MODE sets its default)")
         self._results_dir = Path(config["results_dir"])
-        self._names = run_names(ident, logger_cfg.project)
+        self._names = run_names(ident, logger_cfg.project, logger_cfg.get("tags") or ())
         root = Path(logger_cfg.dir)
         root.mkdir(parents=True, exist_ok=True)
         self.run, self.mode = start_run(
             logger_cfg.mode, console=logger_cfg.console, init_timeout=logger_cfg.init_timeout,
-            **self._names, entity=logger_cfg.entity, dir=str(root),
+            **self._names, entity=logger_cfg.entity, dir=str(root), notes=logger_cfg.get("notes"),
             config={**config, "identity": ident})
         self._broken = False
 

@@ -5,6 +5,7 @@
                                                               # (in protocol.study_order if set)
     python -m childtune.plan protocol=cpu save=true           # ... and save their plans
     python -m childtune.plan protocol=cpu launch=true         # ... save, run what is missing
+    python -m childtune.plan experiment=main protocol=cpu missing=true  # ... list missing runs
 
 A plan composes the experiment and protocol configs with Hydra's compose API, expands the sweeper
 params the way Hydra's basic sweeper does (a command-line sweep such as `seed=1,2` replaces the
@@ -13,8 +14,9 @@ configs' own), and names each planned run's record path (records.identity / reco
 Plans are saved as manifests, `<results_dir>/plans/<study>-<protocol>-<digest>.json`: every
 multirun writes its own (`ManifestCallback`, configured in conf/config.yaml); this command
 saves the default one of each study with save=true or launch=true. The tables read manifests to know which records make up a
-cell and how many are missing. Composing is slow (about 0.1 s a config), so a manifest made
-from the same configs (`conf_sha`) is reused instead of composed again.
+cell and how many are missing. Composing is slow (about 0.1 s a config), so a plan made from
+the same configs (`conf_sha`) is reused, from a manifest or the plan cache
+(.cache/childtune/plans), instead of composed again.
 
 This module never imports torch or the training code."""
 from __future__ import annotations
@@ -28,14 +30,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoints, records
+from . import checkpoints, cli, records
 from .errors import UnsetValue, UserError, resolving
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 PLANS = "plans"
+_SENTINEL_SEED = -7_319_251  # never a real seed: shows whether a config uses the seed elsewhere
+PLAN_CACHE = ".cache/childtune/plans"  # composed plans by overrides and conf_sha
 # Override keys that never change which runs a launch plans (where they go, how they run).
 _NOT_PLAN_KEYS = ("results_dir", "runtime", "force", "logger", "hydra")
-_SENTINEL_SEED = -7_319_251  # never a real seed: shows whether a config uses the seed elsewhere
 # Keys a study's table lays out as columns; every other swept key is a row or panel key.
 TASK_KEYS = ("task", "transfer.source_task")
 
@@ -237,8 +240,9 @@ def make_plan(overrides: list[str], identities: bool = True) -> Plan:
     overrides = [o for o in overrides if _plan_key(o.split("=", 1)[0])]
     fixed = [str(o.input_line) for o in _parse(overrides) if not o.is_sweep_override()]
     root = compose(fixed, hydra_node=True)
-    params = resolving(lambda: OmegaConf.to_container(root.hydra.sweeper.params,
-                                                      resolve=True)) or {}
+    params = OmegaConf.select(root, "hydra.sweeper.params")  # None: a sweep of no study
+    params = {} if params is None else resolving(
+        lambda: OmegaConf.to_container(params, resolve=True))
     protocol = OmegaConf.select(root, "protocol.name", default=None)
     if unset := records.unset_study_keys({"study": root.study, "protocol": OmegaConf.to_container(
             root.protocol, resolve=False) if "protocol" in root else None}):
@@ -290,6 +294,33 @@ def encoder_path(cache_dir, ident: dict) -> Path:
     return checkpoints.path(cache_dir, "encoders", ident)
 
 
+def records_plans(recs: list[dict]) -> list[Plan]:
+    """Plans rebuilt from records that no saved plan names (a sweep of no study, single runs):
+    one per study, protocol and set of command-line keys, each run's overrides read back from
+    its record's command, so the table lays out what the sweep varied. Such a plan names only
+    the runs that left a record: nothing is counted as missing."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for rec in recs:
+        tokens = shlex.split(rec.get("command") or "")[3:]  # python -m childtune.train ...
+        job = [t for t in tokens if "=" in t and _plan_key(t.split("=", 1)[0])]
+        ident = rec["identity"]
+        key = (ident.get("study") or "adhoc", (rec["config"].get("protocol") or {}).get("name"),
+               tuple(sorted(t.split("=", 1)[0] for t in job)))
+        groups.setdefault(key, {})[_relative(ident)] = {
+            "overrides": _keyed(job), "identity": ident, "path": _relative(ident),
+            "seconds": None, "line": job}
+    plans = []
+    for (study, protocol, _), runs in sorted(groups.items(), key=str):
+        values: dict[str, dict] = {}
+        for run in runs.values():
+            for token in run.pop("line"):
+                key, _, value = token.partition("=")
+                values.setdefault(key, {})[value] = None
+        launch = [f"{k}={','.join(v)}" for k, v in values.items()]
+        plans.append(Plan(study, protocol, launch, sorted(runs.values(), key=lambda r: r["path"])))
+    return plans
+
+
 # ---------------------------------------------------------------- manifests
 
 def manifest_path(results_dir, plan: Plan) -> Path:
@@ -315,15 +346,29 @@ def read_manifests(results_dir) -> list[Plan]:
     return plans
 
 
+def _cache_file(overrides: list[str], sha: str) -> Path:
+    key = hashlib.sha256(json.dumps([overrides, sha]).encode()).hexdigest()[:16]
+    return Path(PLAN_CACHE) / f"{key}.json"
+
+
 def cached_plan(results_dir, overrides: list[str], save: bool = True) -> Plan:
-    """The saved plan of these overrides if the configs have not changed since; else composed
-    (and saved if `save`)."""
+    """The saved plan of these overrides if the configs have not changed since (a manifest
+    under <results_dir>/plans, or the plan cache); else composed, cached, and saved as a
+    manifest if `save`."""
     wanted = [o for o in overrides if _plan_key(o.split("=", 1)[0])]
     sha = conf_sha()
     for plan in read_manifests(results_dir):
         if plan.launch == wanted and plan.conf_sha == sha:
             return plan
-    plan = make_plan(wanted)
+    cache = _cache_file(wanted, sha)
+    try:
+        plan = Plan.from_json(json.loads(cache.read_text()))
+    except (OSError, ValueError, KeyError):
+        plan = make_plan(wanted)
+        try:
+            records.write_json_atomic(cache, plan.to_json())
+        except OSError:
+            pass  # a cache only: the plan is composed again next time
     if save:
         write_manifest(results_dir, plan)
     return plan
@@ -339,8 +384,6 @@ class ManifestCallback(Callback):
     """Saves each multirun's plan next to its records, before the first job starts."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        if config.get("study", "adhoc") == "adhoc":
-            return
         try:
             plan = make_plan(list(config.hydra.overrides.task))
             path = write_manifest(config.results_dir, plan)
@@ -401,17 +444,24 @@ def _total(results_dir, plans: list[Plan], jobs: int) -> str:
             f"({_time(_hours(missing + missing_sources), jobs)})")
 
 
-def _arguments(argv: list[str]) -> tuple[dict, list[str]]:
-    options, overrides = {"results_dir": "results", "launch": "false", "save": "false",
-                          "jobs": "2",
-                          "launcher": "hydra/launcher=parallel"}, []
-    for arg in argv:
-        key, _, value = arg.partition("=")
-        if key in options:
-            options[key] = value
-        else:
-            overrides.append(arg)
-    return options, overrides
+OPTIONS = {
+    "results_dir": ("results", "where the records are"),
+    "save": ("false", "true: save each study's plan under <results_dir>/plans"),
+    "launch": ("false", "true: save, then run each study's missing runs (a multirun)"),
+    "launcher": ("hydra/launcher=parallel", "Hydra overrides the multiruns launch with"),
+    "jobs": ("2", "jobs side by side, for the wall-time estimate"),
+    "missing": ("false", "true: list each missing run (record path and command)"),
+}
+REST = ("experiment=<study> (default: every study), protocol=<name> and any other override "
+        "of the study's configs (as for python -m childtune.train -m)")
+
+
+def _missing_lines(results_dir, plan: Plan) -> list[str]:
+    missing, sources = _missing(results_dir, plan.runs, plan.sources)
+    return [f"  missing {r['path']}: python -m childtune.train " +
+            " ".join(shlex.quote(f"{k}={v}") for k, v in r["overrides"].items())
+            for r in missing] + [f"  missing source encoder {s['encoder']} ({s['path']})"
+                                 for s in sources]
 
 
 def _positive(value: str, key: str) -> int:
@@ -421,19 +471,24 @@ def _positive(value: str, key: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    options, overrides = _arguments(sys.argv[1:] if argv is None else argv)
+    try:
+        options, overrides = cli.parse(sys.argv[1:] if argv is None else argv, __doc__,
+                                       OPTIONS, REST)
+        launching, listing = cli.flag(options, "launch"), cli.flag(options, "missing")
+        save = launching or cli.flag(options, "save")
+        jobs = _positive(options["jobs"], "jobs")
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     rest = [o for o in overrides if not o.startswith("experiment=")]
     results_dir = options["results_dir"]
-    launching = options["launch"] == "true"
     done = []
     try:
-        jobs = _positive(options["jobs"], "jobs")
         for study in chosen or protocol_studies(rest):
             launch = [f"experiment={study}", *rest]
             try:
-                plan = cached_plan(results_dir, launch,
-                                   save=launching or options["save"] == "true")
+                plan = cached_plan(results_dir, launch, save=save)
             except UnsetValue as exc:  # a value still `???`: the study waits
                 print(f"{study:16s} {exc}", flush=True)
                 if launching:  # the studies after it need what it waits for
@@ -442,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             done.append(plan)
             print(_describe(results_dir, plan, jobs), flush=True)
+            if listing:
+                print("\n".join(_missing_lines(results_dir, plan)), flush=True)
             if launching and status(results_dir, plan)["missing"]:
                 command = [sys.executable, "-m", "childtune.train", "-m", *launch,
                            f"results_dir={results_dir}", *shlex.split(options["launcher"])]

@@ -43,6 +43,12 @@ def rerun_command() -> str:
 check_config = validate.check_config  # the config alone (validate.validate adds the environment)
 
 
+def show_progress(cfg: DictConfig) -> bool:
+    """Progress bars for a single run only: a multirun's jobs, side by side, would draw over
+    each other's bars (each job's train.log and final line tell how it went, sweep.py)."""
+    return bool(cfg.runtime.progress) and not guard.in_multirun()
+
+
 def run(cfg: DictConfig) -> Path:
     config = resolving(lambda: OmegaConf.to_container(cfg, resolve=True))
     validate.validate(config)  # the one validation pass, before any work (bad input: UserError)
@@ -85,7 +91,7 @@ def run(cfg: DictConfig) -> Path:
             k: v for k, v in config["data"].items() if k not in ("dir", "group_by_length")},
             "train_sha256": data_info["sha256"]["train"],  # the examples the mask is built on
             "batch_size": cfg.trainer.batch_size} | transfer.mask_cache_parts(source),
-        progress=cfg.runtime.progress), config["variant"], model)  # DDP: rank 0's mask
+        progress=show_progress(cfg)), config["variant"], model)  # DDP: rank 0's mask
     # after the Fisher pass, which thus sees the plain model and the plain task loss
     regularizer = regularizers.build(config.get("regularizer"), model, seed=cfg.seed)
     ct_d = prune.ct_d_run(config)  # variant=prune: the CT_D run it prunes (None otherwise)
@@ -143,7 +149,8 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
     else:
         trained = loop.train(distributed.wrap(model, cfg.seed), train_loader, optimizer,
                              scheduler, cfg.trainer.epochs, cfg.trainer.max_grad_norm,
-                             progress=cfg.runtime.progress, on_step=logger.log_step,
+                             progress=show_progress(cfg), on_step=lambda values: logger.log_step(
+                                 {**values, "epoch": values["step"] / len(train_loader)}),
                              loss_fn=regularizer.loss, precision=precision)
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise metrics_.NotFinite("the trained weights hold NaN or inf (they blew up after the "

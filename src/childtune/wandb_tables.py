@@ -1,19 +1,19 @@
 """Upload the aggregated tables and figures to one wandb summary run.
 
     python -m childtune.wandb_tables                      # results/tables, results/figures
-    python -m childtune.wandb_tables --results-dir R --mode online
+    python -m childtune.wandb_tables results_dir=R mode=online
 
 Each results/tables/<study>.csv becomes the wandb Table `tables/<study>`, each
 results/figures/<name>.png the Image `figures/<name>`. Offline unless WANDB_MODE or --mode says
-otherwise (sync with `wandb sync <results-dir>/wandb/offline-run-*`). Reads files only: build
+otherwise (sync with `wandb sync <results_dir>/wandb/offline-run-*`). Reads files only: build
 them first with `make reproduce-tables`."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
+from . import cli
 from .errors import UserError
 from .loggers import WANDB_MODES, start_run
 
@@ -38,7 +38,7 @@ def upload(results_dir: str | Path, project: str, mode: str, name: str | None = 
         raise UserError(f"no tables (*.csv) or figures (*.png) under {results_dir}/tables or "
                         f"{results_dir}/figures; build them first with `make reproduce-tables`")
     if mode not in WANDB_MODES:
-        raise UserError(f"--mode must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
+        raise UserError(f"mode must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
     run, mode = start_run(mode, project=project, name=name, job_type="summary",
                           tags=["summary", *tables], dir=str(results_dir),
                           config={"tables": list(tables), "figures": list(figures)})
@@ -56,17 +56,20 @@ def upload(results_dir: str | Path, project: str, mode: str, name: str | None = 
     return info
 
 
+OPTIONS = {
+    "results_dir": ("results", "where tables/ and figures/ are read"),
+    "project": ("childtune-tables", "the wandb project"),
+    "name": ("", "the run's name (default: wandb's)"),
+    "mode": ("", "offline | online | disabled (default: WANDB_MODE, else offline)"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m childtune.wandb_tables",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results-dir", default="results")
-    parser.add_argument("--project", default="childtune-tables")
-    parser.add_argument("--name", default=None, help="run name (default: wandb's)")
-    parser.add_argument("--mode", default=os.environ.get("WANDB_MODE") or "offline",
-                        help="offline (default unless WANDB_MODE is set) | online | disabled")
-    args = parser.parse_args(argv)
     try:
-        info = upload(args.results_dir, args.project, args.mode, args.name)
+        args = cli.parse(sys.argv[1:] if argv is None else argv, __doc__, OPTIONS)[0]
+        info = upload(args["results_dir"], args["project"],
+                      args["mode"] or os.environ.get("WANDB_MODE") or "offline",
+                      args["name"] or None)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
