@@ -310,8 +310,7 @@ def run(argv: list[str]) -> None:
     if not results_dir.is_dir():
         raise UserError(f"results_dir={results_dir} does not exist (no run records to "
                         f"tabulate); run the studies first or point results_dir= at them")
-    if options["figures"] not in ("true", "false"):
-        raise UserError(f"figures must be true or false, got {options['figures']!r}")
+    figures_wanted = cli.flag(options, "figures")
     if options["readme"]:
         read_readme(Path(options["readme"]))  # a malformed file stops us before any work
     reference = load_reference(options["reference"])
@@ -332,7 +331,7 @@ def run(argv: list[str]) -> None:
         done, unknown = refresh_readme(Path(options["readme"]), blocks)
         print(f"{options['readme']}: refreshed table blocks {', '.join(done) or '(none)'}"
               + (f"; no such table for {', '.join(unknown)} (left as is)" if unknown else ""))
-    if cli.flag(options, "figures"):
+    if figures_wanted:
         from . import figures
 
         for path in figures.build(observations, recs,
