@@ -11,7 +11,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "childtune" / "conf"
 SHARED_DATA = Path(os.environ.get("CHILDTUNE_DATA_DIR") or ROOT.parent / "shared" / "data")
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "glue").is_dir(),
                                 reason="real data directory (CHILDTUNE_DATA_DIR) not available")

@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
+CONF = ROOT / "src" / "childtune" / "conf"
 WORDS = "a the cat dog sat ran on under mat tree house red blue big small saw it".split()
 
 

@@ -17,7 +17,7 @@ NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
 
 def fixture_record(task: str, variant: str, seed: int, value: float) -> dict:
     """A record shaped as train.run writes it, for a tiny-model config."""
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(REPO / "src" / "childtune" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["model=tiny", f"task={task}", f"variant={variant}",
                                            f"seed={seed}", "data.n_train=64"])
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -14,7 +14,7 @@ from childtune.errors import UserError
 from childtune.fisher import default_loss, fisher_information
 from childtune.records import config_hash
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "src" / "childtune" / "conf"
 DEFAULTS = {name: OmegaConf.to_container(OmegaConf.load(CONF / "regularizer" / f"{name}.yaml"))
             for name in regularizers.REGULARIZERS}
 

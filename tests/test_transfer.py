@@ -53,7 +53,7 @@ def test_the_encoder_moves_to_a_model_with_a_new_head(tmp_path):
 
     from childtune import models
 
-    cfg = OmegaConf.load(Path(SRC).parent / "conf" / "model" / "tiny.yaml")
+    cfg = OmegaConf.load(Path(SRC) / "childtune" / "conf" / "model" / "tiny.yaml")
     torch.manual_seed(0)
     source = models.load_model(cfg, num_labels=2)
     path = tmp_path / "enc.pt"

@@ -17,7 +17,7 @@ from childtune.errors import UserError
 from wandb_files import read_run
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "src" / "childtune" / "conf"
 
 
 def write_rte(root: Path, n_train: int = 40, n_dev: int = 16) -> Path:

@@ -1,6 +1,6 @@
 """Rebuild every study's tables and figures from the run records alone.
 
-    python -m childtune.aggregate [results_dir=results] [reference=reference/paper.yaml]
+    python -m childtune.aggregate [results_dir=results] [reference=src/childtune/reference/paper.yaml]
                                   [figures=true] [readme=README.md]
 
 Reads the records under <results_dir>/runs and the plans under <results_dir>/plans (plan.py:
@@ -25,7 +25,7 @@ from .atomic import atomic_file
 from .errors import UserError
 from .plan import Plan
 
-DEFAULT_REFERENCE = plans_mod.CONF_DIR.parent / "reference" / "paper.yaml"
+DEFAULT_REFERENCE = Path(__file__).resolve().parent / "reference" / "paper.yaml"
 METHOD = ("Scores x100: each task's headline metric (the record's `headline`; a domain-transfer "
           "column A→B: accuracy on B in the common label space), mean ± sample std (ddof=1) "
           "over seeds, (n) runs. † = fewer runs than the plan names (n/planned): a cell is "
@@ -291,7 +291,7 @@ def refresh_readme(path: Path, blocks: dict[str, str]) -> tuple[list[str], list[
 OPTIONS = {
     "results_dir": ("results", "the records (runs/) and plans (plans/); tables/ and figures/ "
                     "are written there"),
-    "reference": ("", "the paper's numbers (YAML; default: the suite's reference/paper.yaml)"),
+    "reference": ("", "the paper's numbers (YAML; default: the suite's src/childtune/reference/paper.yaml)"),
     "figures": ("true", "false: tables only"),
     "readme": ("", "a markdown file whose <!-- table: ... --> blocks are refreshed (none by "
                "default)"),

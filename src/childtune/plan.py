@@ -12,7 +12,7 @@ params the way Hydra's basic sweeper does (a command-line sweep such as `seed=1,
 configs' own), and names each planned run's record path (records.identity / record_path).
 
 Plans are saved as manifests, `<results_dir>/plans/<study>-<protocol>-<digest>.json`: every
-multirun writes its own (`ManifestCallback`, configured in conf/config.yaml); this command
+multirun writes its own (`ManifestCallback`, configured in src/childtune/conf/config.yaml); this command
 saves the default one of each study with save=true or launch=true. The tables read manifests to know which records make up a
 cell and how many are missing. Composing is slow (about 0.1 s a config), so a plan made from
 the same configs (`conf_sha`) is reused, from a manifest or the plan cache
@@ -33,7 +33,7 @@ from pathlib import Path
 from . import checkpoints, cli, records
 from .errors import UnsetValue, UserError, resolving
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"  # inside the package: works installed
 PLANS = "plans"
 _SENTINEL_SEED = -7_319_251  # never a real seed: shows whether a config uses the seed elsewhere
 PLAN_CACHE = ".cache/childtune/plans"  # composed plans by overrides and conf_sha

@@ -1,4 +1,4 @@
-"""What a multirun leaves and says besides the records (a Hydra callback, conf/config.yaml):
+"""What a multirun leaves and says besides the records (a Hydra callback, src/childtune/conf/config.yaml):
 
     <hydra.sweep.dir>/<job>/.hydra/config.yaml, overrides.yaml   the job's composed config
     <hydra.sweep.dir>/<job>/train.log                            everything the job printed

@@ -195,7 +195,7 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
     }
 
 
-@hydra.main(config_path="../../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     distributed.setup(cfg)  # joins torchrun's process group, if any
     guard.guarded_run(cfg, run, rerun_command)  # error/failure records, exit codes
