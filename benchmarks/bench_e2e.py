@@ -25,7 +25,7 @@ import common
 
 TASKS = ("rte", "cola")
 BATCH, MAX_LEN, LR = 16, 128, 2e-5
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = Path(__file__).resolve().parents[1] / "src" / "childtune" / "conf"
 
 
 def _compose(overrides: list[str]):

@@ -32,7 +32,9 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_configs_reference_and_scripts(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"childtune/conf/config.yaml", "childtune/conf/experiment/main.yaml",
-            "childtune/conf/model/tiny.yaml", "childtune/reference/paper.yaml"} <= names
+            "childtune/conf/model/tiny.yaml", "childtune/conf/protocol/cpu_full.yaml",
+            "childtune/reference/paper.yaml",
+            "hydra_plugins/childtune_launcher/parallel_launcher.py"} <= names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry).decode()
     for script in ("childtune-train", "childtune-aggregate", "childtune-plan"):

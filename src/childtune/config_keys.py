@@ -14,7 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONF = Path(__file__).resolve().parents[2] / "conf"   # where train.py's @hydra.main looks
+CONF = Path(__file__).resolve().parent / "conf"   # where train.py's @hydra.main looks
 SKIPPED = ("hydra", "defaults")                        # Hydra's own keys, not the run's
 ADDED_AT_RUN_TIME = {"distributed": {"world_size": 1}}  # distributed.setup adds it under torchrun
 _INTERPOLATION = re.compile(r"^\$\{([\w.]+)\}$")
