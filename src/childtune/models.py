@@ -89,9 +89,10 @@ def load_model(model_cfg, num_labels: int):
     raise UserError(f"model.source must be embedded, tiny or hub, got {model_cfg.source!r}")
 
 
-def max_positions(model_cfg, tokenizer) -> int:
+def max_positions(model_cfg, tokenizer) -> int | None:
     """The longest input the model takes: its position embeddings, or the tokenizer's limit
-    when that is lower (RoBERTa's 514 positions hold 512 tokens)."""
+    when that is lower (RoBERTa's 514 positions hold 512 tokens); None when neither sets one
+    (XLNet's relative positions: max_position_embeddings is -1)."""
     import json
 
     if model_cfg.source == "tiny":
@@ -102,9 +103,10 @@ def max_positions(model_cfg, tokenizer) -> int:
     else:
         from transformers import AutoConfig
 
-        positions = _from_hub(AutoConfig, model_cfg.path).max_position_embeddings
-    limit = tokenizer.model_max_length
-    return min(positions, limit) if limit and limit < 10 ** 6 else positions
+        positions = getattr(_from_hub(AutoConfig, model_cfg.path), "max_position_embeddings",
+                            None)
+    limits = [n for n in (positions, tokenizer.model_max_length) if n and 0 < n < 10 ** 6]
+    return min(limits) if limits else None
 
 
 def _from_hub(cls, path: str, **kwargs):

@@ -221,7 +221,7 @@ def check_max_seq_length(config: dict) -> None:
                         f"the tokenizer adds {shortest - texts} special tokens, so use at least "
                         f"{shortest}")
     longest = models.max_positions(model, tokenizer)
-    if length > longest:
+    if longest is not None and length > longest:
         raise UserError(f"data.max_seq_length={length} is more than the model's {longest} "
                         f"positions; use at most {longest}")
 
