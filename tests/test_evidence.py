@@ -172,6 +172,8 @@ def test_a_reference_run_is_a_record_and_the_tables_show_it(tmp_path, tiny_data)
     assert record["identity"]["variant"] == "reference"
     assert record["headline"]["value"] == pytest.approx(0.5)      # 10 of 20 each label
     assert record["reference"]["majority_class"]["dev"]["share"] == 0.5
+    assert record["data"]["files"]["dev"] == "glue/RTE/dev.tsv"   # by name, not machine path
+    assert set(record["data"]["sha256"]) == {"train", "dev"} and "source" not in record["data"]
     recs = {r["path"]: r for r in records.read_records(tmp_path / "results")}
     grid = evidence.reference_grid(recs, {"tiny"}, ["rte", "mrpc", "avg"])
     assert grid["header"] == ["reference (not a run)", "rte", "mrpc"]

@@ -45,6 +45,14 @@ def fingerprint(split: Split) -> str:
     return digest.hexdigest()
 
 
+def describe(task: Task, data_dir: Path | None, splits: dict[str, Split]) -> dict:
+    """What a record says of its data: each split's file (relative to the data directory),
+    content fingerprint and size; never the machine's path."""
+    return {"files": {name: source_file(task, data_dir, name) for name in splits},
+            "sha256": {name: fingerprint(split) for name, split in splits.items()},
+            "sizes": {name: len(split) for name, split in splits.items()}}
+
+
 def resolve_data_dir(configured: str | None) -> Path | None:
     """`data.dir` wins, then $CHILDTUNE_DATA_DIR; None means the hub."""
     value = configured or os.environ.get(DATA_DIR_ENV) or None

@@ -84,5 +84,4 @@ def record(cfg, config: dict, ident: dict, task) -> dict:
             "headline": {"metric": task.headline, "split": split,
                          "value": metrics[split][task.headline]},
             "reference": rows,
-            "data": {"source": str(data_dir) if data_dir else "hub",
-                     "sizes": {name: len(s) for name, s in splits.items()}}}
+            "data": data.describe(task, data_dir, splits)}

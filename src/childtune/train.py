@@ -69,9 +69,7 @@ def run(cfg: DictConfig) -> Path:
         return records.write_record(cfg.results_dir, record)
     data_dir = data.resolve_data_dir(cfg.data.dir)
     splits = data.load_splits(task, data_dir, cfg.data.n_train, cfg.data.subsample_seed)
-    data_info = {"files": {name: data.source_file(task, data_dir, name) for name in splits},
-                 "sha256": {name: data.fingerprint(split) for name, split in splits.items()},
-                 "sizes": {name: len(split) for name, split in splits.items()}}
+    data_info = data.describe(task, data_dir, splits)
     tokenizer = models.load_tokenizer(cfg.model)
     token_cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None
     encoded = {name: data.Encoded(split, tokenizer, cfg.data.max_seq_length, task.is_regression,
