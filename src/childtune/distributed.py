@@ -29,6 +29,7 @@ Backend: NCCL when GPUs are present (each rank on its LOCAL_RANK device, runtime
 else gloo; these helpers only use collectives that both support."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from dataclasses import dataclass
@@ -72,11 +73,16 @@ def setup(cfg=None) -> Context | None:
 def teardown() -> None:
     """Leaves the process group: every rank waits for the others, then destroys it. A rank that
     exits with the group alive can abort in gloo's C++ teardown ("terminate called without an
-    active exception", SIGABRT) while a slower rank still talks to it (seen under load)."""
+    active exception", SIGABRT) while a slower rank still talks to it (seen under load), and a
+    group that only dies in interpreter finalization can abort there (pytorch#179291). So
+    unreachable DDP wrappers and pending work, which hold the group, are collected before the
+    barrier, and the group's last references after it is destroyed."""
     global _context
     if _context is not None and dist.is_initialized():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
     _context = None
 
 
