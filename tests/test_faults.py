@@ -33,8 +33,9 @@ def test_a_nan_dev_score_is_a_failed_run_not_a_success(tmp_path, monkeypatch, ca
 
     def nan_scores(monkeypatch):
         def evaluate(*args, **kwargs):
-            metrics, seconds = real(*args, **kwargs)
-            return {split: {k: math.nan for k in m} for split, m in metrics.items()}, seconds
+            metrics, losses, seconds = real(*args, **kwargs)
+            return ({split: {k: math.nan for k in m} for split, m in metrics.items()}, losses,
+                    seconds)
         monkeypatch.setattr(train.loop, "evaluate", evaluate)
 
     record = _guarded_failure(tmp_path, monkeypatch, capsys, nan_scores)

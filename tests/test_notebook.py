@@ -15,8 +15,10 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
 
 
-def fixture_record(task: str, variant: str, seed: int, value: float) -> dict:
-    """A record shaped as train.run writes it, for a tiny-model config."""
+def fixture_record(task: str, variant: str, seed: int, value: float,
+                   history: bool = False) -> dict:
+    """A record shaped as train.run writes it, for a tiny-model config (with `history`, as
+    written since the per-step history exists)."""
     with initialize_config_dir(config_dir=str(REPO / "src" / "childtune" / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["model=tiny", f"task={task}", f"variant={variant}",
                                            f"seed={seed}", "data.n_train=64"])
@@ -31,7 +33,10 @@ def fixture_record(task: str, variant: str, seed: int, value: float) -> dict:
         if variant != "random_mask":
             mask["fisher_log10_histogram"] = {"counts": [5, 20, 45, 30], "zeros": 0,
                                               "edges": [-12.0, -10.5, -9.0, -7.5, -6.0]}
-    return {"status": "success", "identity": records.identity(config), "config": config,
+    extra = {"history": {"train": {"loss": [0.7 - step / 100 for step in range(12)],
+                                   "lr": [1e-4 * (1 - step / 12) for step in range(12)]}},
+             "eval_loss": {"dev": 0.65}} if history else {}
+    return {**extra, "status": "success", "identity": records.identity(config), "config": config,
             "metrics": {"dev": {metric: value}},
             "headline": {"metric": metric, "split": "dev", "value": value}, "mask": mask,
             "train": {"steps": 4, "examples": 64, "last_loss": 0.69, "warmup_steps": 0},
@@ -41,7 +46,9 @@ def fixture_record(task: str, variant: str, seed: int, value: float) -> dict:
                         "group": "g"} if seed == 1 else None)}
 
 
-def write_fixture(results: Path) -> None:
+def write_fixture(results: Path, history: bool = True) -> None:
+    """24 records; with `history`, those of seeds 1 and 2 have a per-step history (as
+    written today), the others none (as written before)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,7 +57,8 @@ def write_fixture(results: Path) -> None:
     for task in ("rte", "mrpc"):
         for variant in ("vanilla", "child_tuning_d", "lowest_fisher", "random_mask"):
             for seed in (1, 2, 3):
-                records.write_record(results, fixture_record(task, variant, seed, 0.5 + seed / 100))
+                records.write_record(results, fixture_record(task, variant, seed, 0.5 + seed / 100,
+                                                             history=history and seed < 3))
     (results / "tables").mkdir()
     (results / "tables" / "main.csv").write_text("task,variant,mean,n\nrte,vanilla,0.52,3\n")
     (results / "figures").mkdir()
@@ -86,15 +94,25 @@ def test_notebook_runs_on_fixture_records(tmp_path, monkeypatch):
     assert "24 run records" in text
     assert "### main (`main.csv`)" in text and "0.52" in text  # the table is shown
     assert "### main_seeds" in text
-    # the figure file, the seed-spread plot, the Fisher/per-layer plot
-    assert images == 3
+    # the figure file, the seed-spread plot, the training curves, the Fisher/per-layer plot
+    assert images == 4
+    assert "16 of 24 records have a per-step history" in text
     assert "8 of 24 records have a wandb run" in text
     assert "wandb sync" in text
+
+
+def test_notebook_runs_on_records_written_before_the_history(tmp_path, monkeypatch):
+    write_fixture(tmp_path, history=False)
+    text, images = outputs(execute(tmp_path, monkeypatch))
+    assert "0 of 24 records have a per-step history" in text
+    assert "no training curves: no record has a per-step history" in text
+    assert images == 3  # no training curves; the rest as with new records
 
 
 def test_notebook_runs_on_an_empty_results_folder(tmp_path, monkeypatch):
     text, images = outputs(execute(tmp_path, monkeypatch))
     assert "0 run records" in text and "no tables yet" in text and "no records yet" in text
+    assert "no training curves" in text
     assert images == 0
 
 

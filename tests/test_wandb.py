@@ -60,7 +60,7 @@ def run(tmp_path: Path, *extra: str) -> dict:
 
 def test_offline_run_writes_expected_keys(env):
     record = run(env, "logger=wandb", "variant=child_tuning_d", "seed=3", "logger.tags=[mine]",
-                 "logger.notes=why")
+                 "logger.notes=why", "trainer.eval_every=1")
     info, ident = record["logger"], record["identity"]
     assert info["mode"] == "offline"  # WANDB_MODE unset: offline, no key needed
     run_dir = env / "results" / info["dir"]
@@ -87,8 +87,20 @@ def test_offline_run_writes_expected_keys(env):
     assert [row["train/epoch"] for row in steps] == pytest.approx(
         [s / per_epoch for s in range(1, per_epoch + 1)])
 
+    assert [row["train/lr"] for row in steps] == pytest.approx(record["history"]["train"]["lr"])
+    # the dev set's loss and metrics after every step (eval_every=1), the final one last
+    evals = [row for row in logged["history"] if "eval/dev/loss" in row]
+    assert [row["_step"] for row in evals] == record["history"]["eval"]["step"] == [1, 2]
+    assert [row["eval/dev/accuracy"] for row in evals] == pytest.approx(
+        record["history"]["eval"]["dev"]["accuracy"], rel=1e-5)
+
     summary = logged["summary"]
     assert summary["eval/dev/accuracy"] == pytest.approx(record["metrics"]["dev"]["accuracy"])
+    assert summary["eval/dev/loss"] == pytest.approx(record["eval_loss"]["dev"])
+    counts = record["parameters"]
+    assert (summary["parameters/total"], summary["parameters/trainable"],
+            summary["parameters/child"]) == (counts["total"], counts["trainable"], counts["child"])
+    assert counts["child"] < counts["trainable"] <= counts["total"]
     assert summary["headline/accuracy"] == pytest.approx(record["headline"]["value"])
     stats = record["mask"]["statistics"]
     assert summary["mask/statistics/kept_fraction"] == pytest.approx(stats["kept_fraction"])

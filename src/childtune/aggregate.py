@@ -334,9 +334,10 @@ def run(argv: list[str]) -> None:
     if figures_wanted:
         from . import figures
 
-        for path in figures.build(observations, recs,
-                                  writable_folder(results_dir / "figures", "figures"), slugs):
-            print(f"figure: wrote {path}")
+        written, not_rebuilt = figures.build(
+            observations, recs, writable_folder(results_dir / "figures", "figures"), slugs)
+        for line in [f"figure: wrote {path}" for path in written] + not_rebuilt:
+            print(line)
     unplanned = len(set(recs) - planned)
     if unplanned:
         print(f"{unplanned} records belong to no plan with records (single runs); not tabulated")

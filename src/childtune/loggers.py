@@ -20,6 +20,10 @@ class NullLogger:
     def log_step(self, values: dict) -> None:
         """Per optimizer step: step, epoch, loss, lr, grad_norm."""
 
+    def log_eval(self, step: int, metrics: dict, losses: dict) -> None:
+        """After an evaluation (every `trainer.eval_every` steps, and the final one): metrics
+        and mean loss per eval split."""
+
     def log_record(self, record: dict) -> None:
         """Once, with the finished record (metrics, mask statistics, timings)."""
 
@@ -73,10 +77,11 @@ def record_values(record: dict) -> dict:
     """The finished record as flat wandb keys (its numbers, named by their place in the
     record), plus the Fisher histogram as a (counts, edges) pair."""
     out = {}
-    sections = {"eval": "metrics", "eval_before_prune": "metrics_before_prune", "mask": "mask",
-                "time": "timings", "train": "train"}
+    sections = {"eval_before_prune": "metrics_before_prune", "mask": "mask", "time": "timings",
+                "train": "train", "parameters": "parameters"}
     for prefix, key in sections.items():
         _flatten(prefix, record.get(key) or {}, out)
+    out.update(eval_values(record.get("metrics") or {}, record.get("eval_loss") or {}))
     headline = record.get("headline") or {}
     if headline.get("value") is not None:
         out[f"headline/{headline['metric']}"] = headline["value"]
@@ -84,6 +89,14 @@ def record_values(record: dict) -> dict:
     if histogram and histogram["counts"]:
         out["fisher/log10_histogram"] = (histogram["counts"], histogram["edges"])
         out["fisher/zeros"] = histogram["zeros"]
+    return out
+
+
+def eval_values(metrics: dict, losses: dict) -> dict:
+    """`eval/<split>/<metric>` and `eval/<split>/loss` (the mean dev-set loss)."""
+    out = {}
+    _flatten("eval", metrics, out)
+    out.update({f"eval/{split}/loss": loss for split, loss in losses.items() if loss is not None})
     return out
 
 
@@ -142,6 +155,9 @@ class WandbLogger(NullLogger):
     def log_step(self, values: dict) -> None:
         row = {f"train/{k}": v for k, v in values.items() if k != "step" and v is not None}
         self._guard(self.run.log, row, step=values["step"])
+
+    def log_eval(self, step: int, metrics: dict, losses: dict) -> None:
+        self._guard(self.run.log, eval_values(metrics, losses), step=step)
 
     def log_record(self, record: dict) -> None:
         """Final numbers go to the run summary (what grouped runs tables average per cell);

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import random
 import time
 import warnings
 from collections.abc import Callable
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from .fisher import default_loss, model_inputs
+from .records import compact_number
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -77,15 +79,18 @@ def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float
           progress: bool = True, on_step: Callable[[dict], None] | None = None,
           loss_fn: Callable = default_loss, precision: Precision | None = None) -> dict:
     """Returns what the record keeps: steps, seconds, examples/s, last loss, skipped steps
-    (fp16) and a digest of the batch order (equal digests = the same examples in the same
-    batches in the same order). `loss_fn(model, batch)` gives the training loss (regularizers
-    wrap the default)."""
+    (fp16), a digest of the batch order (equal digests = the same examples in the same
+    batches in the same order) and the per-step `history`: the training loss and the learning
+    rate each optimizer step used, step 1 first (6 significant digits). `loss_fn(model, batch)`
+    gives the training loss (regularizers wrap the default). `on_step` runs between steps (it
+    may evaluate: `between_steps`)."""
     from tqdm.auto import tqdm
 
     precision = precision or Precision()
     order = hashlib.sha256()
     params = [p for p in model.parameters() if p.requires_grad]
     steps, skipped, examples, loss_value = 0, 0, 0, float("nan")
+    history: dict[str, list[float]] = {"loss": [], "lr": []}
     model.train()
     start = time.perf_counter()
     bar = tqdm(total=epochs * len(loader), desc="train", disable=not progress, leave=False)
@@ -94,6 +99,7 @@ def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float
             order.update(batch["idx"].numpy().tobytes())
             with precision.autocast():
                 loss = loss_fn(model, batch)
+            lr = optimizer.param_groups[0]["lr"]   # what this step's update uses
             grad_norm, stepped = precision.backward_and_step(loss, optimizer, params,
                                                              max_grad_norm)
             if stepped:
@@ -109,46 +115,114 @@ def train(model, loader, optimizer, scheduler, epochs: int, max_grad_norm: float
                 raise TrainingDiverged(f"loss is {loss_value} at step {steps + 1}")
             steps += 1
             examples += len(batch["idx"])
+            history["loss"].append(compact_number(loss_value))
+            history["lr"].append(compact_number(lr))
             bar.update()
             bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
             if on_step:
-                on_step({"step": steps, "epoch": epoch, "loss": loss_value,
-                         "lr": scheduler.get_last_lr()[0],
+                on_step({"step": steps, "epoch": epoch, "loss": loss_value, "lr": lr,
                          "grad_norm": float(grad_norm) if grad_norm is not None else None})
     bar.close()
     seconds = time.perf_counter() - start
     return {"steps": steps, "skipped_steps": skipped, "examples": examples, "seconds": seconds,
             "examples_per_s": examples / seconds if seconds else None,
-            "last_loss": loss_value, "batch_order_sha256": order.hexdigest()}
+            "last_loss": loss_value, "batch_order_sha256": order.hexdigest(), "history": history}
 
 
-@torch.no_grad()
-def predict(model, loader, regression: bool,
-            precision: Precision | None = None) -> tuple[np.ndarray, np.ndarray]:
+def predict(model, loader, regression: bool, precision: Precision | None = None,
+            progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and labels in the dataset's order, whatever order the loader's batches take
     (each batch's `idx` says where its examples go; e.g. `data.make_eval_loader` sorts them by
     length)."""
+    return _predict(model, loader, regression, precision, progress, with_loss=False)[:2]
+
+
+@torch.no_grad()
+def _predict(model, loader, regression: bool, precision: Precision | None, progress: bool,
+             with_loss: bool) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """predict(), and with `with_loss` the mean loss per example of the model's own head:
+    cross-entropy, or squared error for regression (the task loss training minimises, without
+    a regularizer's terms)."""
+    from tqdm.auto import tqdm
+
     model.eval()
     precision = precision or Precision()
-    preds, labels, where = [], [], []
+    preds, labels, where, loss_sum = [], [], [], 0.0
+    # counted by hand, as the Fisher pass's bar: wrapping the loader would iterate it once more
+    bar = tqdm(total=len(loader), desc="eval", disable=not progress, leave=False)
     for batch in loader:
         inputs = model_inputs(model, batch)
         inputs.pop("labels")
         with precision.autocast():
             logits = model(**inputs).logits.float()
+        if with_loss:
+            loss_sum += float(_loss_sum(logits, batch["labels"].to(logits.device),
+                                        regression))
         preds.append((logits.squeeze(-1) if regression else logits.argmax(-1)).cpu())
         labels.append(batch["labels"])
         where.append(batch["idx"])
+        bar.update()
+    bar.close()
     order = torch.cat(where).argsort()
-    return torch.cat(preds)[order].numpy(), torch.cat(labels)[order].numpy()
+    loss = loss_sum / len(order) if with_loss and len(order) else None
+    return torch.cat(preds)[order].numpy(), torch.cat(labels)[order].numpy(), loss
+
+
+def _loss_sum(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return torch.nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype),
+                                            reduction="sum")
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
 
 
 def evaluate(model, loaders: dict, regression: bool, metric_names,
-             precision: Precision | None = None) -> tuple[dict, float]:
-    """Metrics per eval split with the current (last) weights, and the seconds it took."""
+             precision: Precision | None = None,
+             progress: bool = False) -> tuple[dict, dict, float]:
+    """Metrics and mean loss per eval split with the current (last) weights, and the seconds
+    it took."""
     from .metrics import compute
 
     start = time.perf_counter()
-    results = {split: compute(metric_names, *predict(model, loader, regression, precision))
-               for split, loader in loaders.items()}
-    return results, time.perf_counter() - start
+    results, losses = {}, {}
+    for split, loader in loaders.items():
+        preds, labels, losses[split] = _predict(model, loader, regression, precision, progress,
+                                                with_loss=True)
+        results[split] = compute(metric_names, preds, labels)
+    return results, losses, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def between_steps(model):
+    """For an evaluation between training steps (`trainer.eval_every`): afterwards every
+    module is back in its own train/eval mode (dropout active again) and every random stream
+    is where it was -- torch's CPU and CUDA generators (iterating a DataLoader draws a seed
+    from torch's), Python's and numpy's -- so training draws what it would have drawn without
+    the evaluation, and the run's numbers are those of a run without it. (CT_F's masks and the
+    regularizers' noise use streams that only a training step advances.)"""
+    modes = [(m, m.training) for m in model.modules()]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())
+                                   if torch.cuda.is_initialized() else []):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        for module, was in modes:
+            module.training = was
+
+
+class EvalCurve:
+    """The record's eval curve (`history.eval`, with `trainer.eval_every`): the step of each
+    evaluation, and per eval split the loss and each metric, a list a key."""
+
+    def __init__(self):
+        self.points: dict = {"step": []}
+
+    def add(self, step: int, metrics: dict, losses: dict) -> None:
+        self.points["step"].append(step)
+        for split, values in metrics.items():
+            into = self.points.setdefault(split, {})
+            for name, value in {"loss": losses.get(split), **values}.items():
+                into.setdefault(name, []).append(
+                    None if value is None else compact_number(value))

@@ -80,7 +80,7 @@ def load_trained(model, ct_d: CtdRun) -> dict:
     train = ct_d.record["train"]
     return {**{k: train[k] for k in ("steps", "examples", "last_loss", "batch_order_sha256")},
             "skipped_steps": train.get("skipped_steps", 0), "seconds": 0.0,
-            "examples_per_s": None}
+            "examples_per_s": None, "history": (ct_d.record.get("history") or {}).get("train")}
 
 
 def summary(ct_d: CtdRun, metrics_before_prune: dict) -> dict:

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -36,7 +37,8 @@ from .errors import UserError
 SCHEMA = 1
 # Top-level / dotted keys that never change a run's numbers.
 NON_IDENTITY_KEYS = ("seed", "results_dir", "data.dir", "logger", "runtime", "force", "study",
-                     "protocol")  # the protocol's values reach the config (lr, n_train) already
+                     "protocol",  # the protocol's values reach the config (lr, n_train) already
+                     "trainer.eval_every")  # evaluations between steps leave the numbers as is
 
 
 def _drop(config: dict, dotted: str) -> None:
@@ -111,11 +113,28 @@ def clean_json(value):
     return value
 
 
+def compact_number(value: float) -> float:
+    """A float to 6 significant digits (float32's precision), as the per-step history keeps
+    them: shorter in the JSON file."""
+    return float(f"{value:.6g}")
+
+
+_ITEM = r"(?:-?\d[\d.eE+-]*|null)"
+_NUMBER_LIST = re.compile(rf"\[\s+({_ITEM}(?:,\s+{_ITEM})*)\s+\]")
+
+
+def dumps(payload: dict) -> str:
+    """The record as JSON, one key a line, but each list of numbers on one line (the per-step
+    history holds thousands)."""
+    text = json.dumps(clean_json(payload), indent=1, sort_keys=True, allow_nan=False)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m[1].split(",")) + "]",
+                            text) + "\n"
+
+
 def write_json_atomic(path: Path, payload: dict) -> None:
     """Readers see all of it or nothing (atomic.py), even with two writers at once."""
     with atomic_file(path, "w") as f:
-        json.dump(clean_json(payload), f, indent=1, sort_keys=True, allow_nan=False)
-        f.write("\n")
+        f.write(dumps(payload))
 
 
 def write_record(results_dir: str | Path, record: dict) -> Path:

@@ -142,29 +142,45 @@ def run(cfg: DictConfig) -> Path:
 def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, train_loader,
                         eval_loaders, optimizer, scheduler, warmup, logger, ct_d) -> dict | None:
     precision = loop.Precision(cfg.trainer.precision, next(model.parameters()).device)
+    progress, every = show_progress(cfg), cfg.trainer.get("eval_every")
+    total_steps, curve = cfg.trainer.epochs * len(train_loader), loop.EvalCurve()
+
+    def evaluate():
+        return loop.evaluate(model, eval_loaders, task.is_regression, task.metrics, precision,
+                             progress)
+
+    def on_step(values: dict) -> None:
+        logger.log_step({**values, "epoch": values["step"] / len(train_loader)})
+        step = values["step"]
+        if every and step % every == 0 and step < total_steps and distributed.is_main():
+            with loop.between_steps(model):  # training goes on as if nothing happened
+                metrics, losses, _ = evaluate()
+            curve.add(step, metrics, losses)
+            logger.log_eval(step, metrics, losses)
+
     if ct_d is not None and ct_d.model_path is not None:
         trained = prune.load_trained(model, ct_d)  # prune: CT_D's kept model, no training
     else:
         trained = loop.train(distributed.wrap(model, cfg.seed), train_loader, optimizer,
                              scheduler, cfg.trainer.epochs, cfg.trainer.max_grad_norm,
-                             progress=show_progress(cfg), on_step=lambda values: logger.log_step(
-                                 {**values, "epoch": values["step"] / len(train_loader)}),
-                             loss_fn=regularizer.loss, precision=precision)
+                             progress=progress, on_step=on_step, loss_fn=regularizer.loss,
+                             precision=precision)
     if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
         raise metrics_.NotFinite("the trained weights hold NaN or inf (they blew up after the "
                                  "last loss check)")
     in_sync = distributed.check_in_sync(model, child.masks)  # {} unless under torchrun
     if not distributed.is_main():
         return None
-    metrics, eval_seconds = loop.evaluate(model, eval_loaders, task.is_regression, task.metrics,
-                                          precision)
-    result = {"metrics": metrics}
+    metrics, losses, eval_seconds = evaluate()
+    logger.log_eval(trained["steps"], metrics, losses)
+    if every:
+        curve.add(trained["steps"], metrics, losses)
+    history = {"train": trained.get("history"), "eval": curve.points if every else None}
+    result = {"metrics": metrics, "eval_loss": losses}
     if ct_d is not None:
         variants.M.prune_(model, child.masks)
         result = {"metrics_before_prune": metrics, "prune": prune.summary(ct_d, metrics)}
-        result["metrics"], pruned_seconds = loop.evaluate(model, eval_loaders,
-                                                          task.is_regression, task.metrics,
-                                                          precision)
+        result["metrics"], result["eval_loss"], pruned_seconds = evaluate()
         eval_seconds += pruned_seconds
 
     metrics_.check_finite(result["metrics"])
@@ -180,6 +196,8 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
         "headline": {"metric": task.headline, "split": headline_split,
                      "value": result["metrics"][headline_split][task.headline]},
         "mask": mask_info,
+        "parameters": variants.parameter_counts(model, child),
+        "history": {k: v for k, v in history.items() if v is not None},
         "regularizer": regularizer.info(),
         **in_sync,
         "train": {k: trained[k] for k in ("steps", "skipped_steps", "examples", "last_loss",

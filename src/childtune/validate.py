@@ -108,6 +108,7 @@ def check_trainer(trainer: dict) -> None:
     number_in("trainer.lr", trainer.get("lr"), 0, math.inf, low_open=True)
     for key in ("batch_size", "eval_batch_size", "epochs"):
         positive_int(f"trainer.{key}", trainer.get(key))
+    positive_int("trainer.eval_every", trainer.get("eval_every"), optional=True)
     number_in("trainer.warmup_ratio", trainer.get("warmup_ratio"), 0, 1)
     if trainer.get("max_grad_norm") is not None:
         number_in("trainer.max_grad_norm", trainer["max_grad_norm"], 0, math.inf,

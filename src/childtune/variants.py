@@ -278,3 +278,23 @@ def fixed_child(variant: dict, model, masks: dict[str, torch.Tensor], info: dict
                  "statistics": M.mask_statistics(masks, model),
                  "sha256": digest(masks.values())})  # the digest DDP's masks_sha256 uses
     return ChildNetwork(masker=masker, masks=masks, info=info)
+
+
+def parameter_counts(model, child: ChildNetwork) -> dict:
+    """Parameter entries: all of them, the trainable ones and, where a mask exists, the child
+    network's size: the trainable entries a fixed mask lets the gradient reach (the rest of its
+    scope moves by weight decay alone, or not at all); for CT_F, whose mask is new every step,
+    the expected size of a step's child network (p of its scope, plus what lies outside it)."""
+    params = dict(model.named_parameters())
+    trainable = sum(q.numel() for q in params.values() if q.requires_grad)
+    out = {"total": sum(q.numel() for q in params.values()), "trainable": trainable}
+    if child.masks is not None:
+        masks = {n: m for n, m in child.masks.items() if params[n].requires_grad}
+        scope = sum(m.numel() for m in masks.values())
+        out |= {"masked_scope": scope,
+                "child": trainable - scope + sum(int(m.sum()) for m in masks.values())}
+    elif isinstance(child.masker, M.ChildTuningF):
+        scope = sum(q.numel() for q in child.masker.params)
+        out |= {"masked_scope": scope,
+                "child_expected": round(trainable - scope + child.masker.p * scope)}
+    return out
