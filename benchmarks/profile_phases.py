@@ -247,19 +247,22 @@ def run(steps: int, rounds: int, skip: int, baseline: str | None, task: str = "r
         if baseline:
             contenders[f"ours@{baseline}"] = source_at(baseline, Path(tmp))
         per_step: dict[str, list] = {name: [] for name in contenders}
+        per_run: dict[str, list] = {name: [] for name in contenders}   # step ms, run by run
         load = [os.getloadavg()[0]]
         for r in range(rounds):
             names = list(contenders)
             for name in names[r % len(names):] + names[:r % len(names)]:
-                per_step[name] += in_subprocess(name.split("@")[0], contenders[name], steps,
-                                                task, grouped)[skip:]
+                steps_run = in_subprocess(name.split("@")[0], contenders[name], steps, task,
+                                          grouped)[skip:]
+                per_step[name] += steps_run
+                per_run[name].append(round(summary(steps_run)["step"], 1))
             load.append(os.getloadavg()[0])
     medians = {name: summary(s) for name, s in per_step.items()}
     ratios = {f"hf_over_{name}": medians["hf_trainer"]["step"] / medians[name]["step"]
               for name in contenders if name != "hf_trainer"}
     norms = [s["grad_norm"] for s in per_step["ours"]]
     return {"medians_ms": medians, "step_time_ratios": ratios,
-            "steps_measured": {n: len(s) for n, s in per_step.items()},
+            "steps_measured": {n: len(s) for n, s in per_step.items()}, "per_run_step_ms": per_run,
             "ours_steps_with_grad_norm_below_1": sum(n < 1.0 for n in norms) / len(norms),
             "load_average_1m": load, "machine": common.machine(1), "task": task,
             "grouped": grouped, "steps_per_run": steps}
