@@ -347,7 +347,8 @@ class ChildTuningF(_GradientMasker):
     32-bit rule, and the comparison writes the 1.0/0.0 factor straight into a cached float
     buffer. The draws are serial and the tensors are walked chunk by chunk with a chunk
     length divisible by 4 (four times longer on one thread: `_one_thread_chunk`), so the masks
-    depend on the seed only, never on the thread count or the chunking. `kept` / `seen` count the entries kept and drawn (the observed keep rate)."""
+    depend on the seed only, never on the thread count or the chunking. `kept` / `seen` count
+    the entries kept and drawn (the observed keep rate)."""
 
     def __init__(self, named_params, p: float, seed: int, bits: int = 16):
         if bits not in (16, 32):
