@@ -287,35 +287,22 @@ class _GradientMasker:
     def apply(self) -> None:
         raise NotImplementedError
 
-    def _scratch(self, dtype: torch.dtype, length: int | None = None) -> torch.Tensor:
-        """One reusable buffer per gradient dtype and chunk length (`_CHUNK` unless given), a
-        chunk long or the longest gradient if shorter (so it stays in cache)."""
-        length = length or _CHUNK
+    def _scratch(self, dtype: torch.dtype) -> torch.Tensor:
+        """One reusable buffer per gradient dtype, a chunk long (so it stays in cache)."""
         buffers = self.__dict__.setdefault("_buffers", {})
-        if (dtype, length) not in buffers:
+        if dtype not in buffers:
             longest = max((q.numel() for q in self.params), default=1)
-            buffers[dtype, length] = torch.empty(min(length, longest), dtype=dtype)
-        return buffers[dtype, length]
-
-
-def _one_thread_chunk() -> int:
-    """The chunk length of CT_F's draws: `_CHUNK`, or 4 x `_CHUNK` on one thread, where no op
-    can wait at a thread barrier anyway and the longer chunks (about 1.2 MB of buffers, still
-    in L2) pay torch's per-op overhead a quarter as often (the MiniLM mask: 69 -> 58 ms, issue
-    15). A multiple of 4 either way, and the masks never depend on it."""
-    return _CHUNK if torch.get_num_threads() > 1 else 4 * _CHUNK
+            buffers[dtype] = torch.empty(min(_CHUNK, longest), dtype=dtype)
+        return buffers[dtype]
 
 
 def _multiply_in_chunks(grad: torch.Tensor, scratch: torch.Tensor, fill) -> None:
-    """grad *= m chunk by chunk (CPU tensors), where `fill(out, start)` writes
-    m[start:start+len(out)] into `out` (a slice of the cached scratch buffer, whose length is
-    the chunk length: shorter than the chunk only when every gradient fits in it). A plain
-    float multiply per entry, so the result is bit-identical to multiplying by the whole mask
-    tensor at once."""
+    """grad *= m chunk by chunk (CPU tensors), where `fill(out, start)` writes m[start:start+len(out)] into
+    `out` (a slice of the cached scratch buffer). A plain float multiply per entry, so the
+    result is bit-identical to multiplying by the whole mask tensor at once."""
     flat = grad.view(-1) if grad.is_contiguous() else grad.contiguous().view(-1)
-    length = scratch.numel()
-    for start in range(0, flat.numel(), length):
-        chunk = flat[start:start + length]
+    for start in range(0, flat.numel(), _CHUNK):
+        chunk = flat[start:start + _CHUNK]
         factor = scratch[:chunk.numel()]
         fill(factor, start)
         chunk.mul_(factor)
@@ -346,9 +333,8 @@ class ChildTuningF(_GradientMasker):
     Speed: 16-bit draws take a quarter of a word per entry, half the random bits of the
     32-bit rule, and the comparison writes the 1.0/0.0 factor straight into a cached float
     buffer. The draws are serial and the tensors are walked chunk by chunk with a chunk
-    length divisible by 4 (four times longer on one thread: `_one_thread_chunk`), so the masks
-    depend on the seed only, never on the thread count or the chunking. `kept` / `seen` count
-    the entries kept and drawn (the observed keep rate)."""
+    length divisible by 4, so the masks depend on the seed only, never on the thread count or
+    the chunking. `kept` / `seen` count the entries kept and drawn (the observed keep rate)."""
 
     def __init__(self, named_params, p: float, seed: int, bits: int = 16):
         if bits not in (16, 32):
@@ -380,8 +366,7 @@ class ChildTuningF(_GradientMasker):
                 self.kept += grad.numel()
                 self.seen += grad.numel()
             elif grad.device.type == "cpu":
-                _multiply_in_chunks(grad, self._scratch(grad.dtype, _one_thread_chunk()),
-                                    self._draw)
+                _multiply_in_chunks(grad, self._scratch(grad.dtype), self._draw)
             else:
                 self._apply_on_device(grad)
 
