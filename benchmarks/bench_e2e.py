@@ -7,8 +7,10 @@ with `data.group_by_length=true`, against the HF Trainer with the same settings 
 optimizer, `DataCollatorWithPadding`) without and with length grouping
 (`train_sampling_strategy="group_by_length"`, transformers 5's `group_by_length=True`). Examples per
 second of training (our record's `train_examples_per_s`; the Trainer's
-`train_samples_per_second`), alternating the contenders' order between tasks. When the
-config has `trainer.precision`, a bf16 run of RTE is timed against fp32 on the same slice.
+`train_samples_per_second`), alternating the contenders' order between tasks. Every contender
+trains in a fresh process, as each is used: a run's process-wide settings (the thread count,
+`childtune.memory`) never carry over to the next contender. When the config has
+`trainer.precision`, a bf16 run of RTE is timed against fp32 on the same slice.
 
     python benchmarks/bench_e2e.py [--quick] [--threads 1]
 """
@@ -18,6 +20,8 @@ import contextlib
 import io
 import json
 import math
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -92,27 +96,38 @@ def has_precision() -> bool:
     return "precision" in _compose([]).trainer
 
 
-def run(quick: bool = False, threads: int = 1) -> dict:
+CONTENDERS = {
+    "ours, random batches": lambda t, n, w, threads: ours(t, n, w, f"runtime.threads={threads}"),
+    "ours, grouped batches": lambda t, n, w, threads: ours(t, n, w, f"runtime.threads={threads}",
+                                                           "data.group_by_length=true"),
+    "HF Trainer": lambda t, n, w, threads: hf(t, n, w, grouped=False),
+    "HF Trainer, group_by_length": lambda t, n, w, threads: hf(t, n, w, grouped=True)}
+
+
+def isolated(name: str, task: str, n_train: int | None, work: Path, threads: int) -> float:
+    """`CONTENDERS[name]`'s examples per second, trained in a fresh process."""
+    argv = [sys.executable, __file__, "--one", json.dumps([name, task, n_train, str(work),
+                                                           threads])]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def run(quick: bool = False, threads: int = 1, n_train: int | None = None) -> dict:
+    """`n_train`: a slice of that many training examples instead of the full set (quick: 64)."""
     from childtune import data
 
     common.setup(threads)
     if data.resolve_data_dir(None) is None:
         note = "skipped: the end-to-end section needs the real data (set CHILDTUNE_DATA_DIR)"
         return {"keys": {}, "table": note, "skipped": note}
-    n_train = 64 if quick else None   # quick: a 64-example slice, not an epoch of the task
-    contenders = {
-        "ours, random batches": lambda t, w: ours(t, n_train, w, f"runtime.threads={threads}"),
-        "ours, grouped batches": lambda t, w: ours(t, n_train, w, f"runtime.threads={threads}",
-                                                   "data.group_by_length=true"),
-        "HF Trainer": lambda t, w: hf(t, n_train, w, grouped=False),
-        "HF Trainer, group_by_length": lambda t, w: hf(t, n_train, w, grouped=True)}
+    n_train = 64 if quick else n_train   # quick: a 64-example slice, not an epoch of the task
     speed: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for r, task in enumerate(TASKS):   # rotate the order: a load change hits all alike
-            names = list(contenders)
+            names = list(CONTENDERS)
             for name in names[r % len(names):] + names[:r % len(names)]:
-                speed.setdefault(task, {})[name] = contenders[name](task, work)
+                speed.setdefault(task, {})[name] = isolated(name, task, n_train, work, threads)
         bf16 = _bf16_ratio(work, 64 if quick else 800, threads) if has_precision() else None
     ratio_same = [speed[t]["ours, random batches"] / speed[t]["HF Trainer"] for t in TASKS] + [
         speed[t]["ours, grouped batches"] / speed[t]["HF Trainer, group_by_length"]
@@ -123,13 +138,15 @@ def run(quick: bool = False, threads: int = 1) -> dict:
             "e2e_grouped_speedup": sum(grouped) / len(grouped)}
     for t in TASKS:
         keys |= {f"e2e_{t}_{key}_examples_per_s": speed[t][name]
-                 for key, name in zip(("ours", "ours_grouped", "hf", "hf_grouped"), contenders)}
+                 for key, name in zip(("ours", "ours_grouped", "hf", "hf_grouped"), CONTENDERS)}
     if bf16 is not None:
         keys["bf16_vs_fp32_step_ratio"] = bf16
     rows = [[f"{t.upper()}: {name}", speed[t][name],
-             speed[t][name] / speed[t]["ours, random batches"]] for t in TASKS for name in contenders]
+             speed[t][name] / speed[t]["ours, random batches"]]
+            for t in TASKS for name in CONTENDERS]
     table = common.markdown_table(
-        ["one epoch, batch 16 (" + ("64-example slice" if quick else "full training set") + ")",
+        ["one epoch, batch 16 (" + (f"{n_train}-example slice" if n_train else
+                                     "full training set") + ")",
          "examples / s", "vs ours, random batches"], rows)
     flags = cpu_flags()
     table += ("\n\nbf16 vs fp32 step time (RTE slice): " +
@@ -137,7 +154,7 @@ def run(quick: bool = False, threads: int = 1) -> dict:
                "not measured: this code has no trainer.precision") +
               "; CPU flags: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in flags.items()))
     return {"keys": keys, "table": table, "examples_per_s": speed, "cpu_flags": flags,
-            "n_train": n_train or "full"}
+            "n_train": n_train or "full", "isolated_processes": True}
 
 
 def _bf16_ratio(work: Path, n_train: int, threads: int) -> float:
@@ -153,4 +170,9 @@ def _bf16_ratio(work: Path, n_train: int, threads: int) -> float:
 
 
 if __name__ == "__main__":
-    common.cli(run, __doc__)
+    if sys.argv[1:2] == ["--one"]:   # isolated(): one contender, print its examples/s
+        name, task, n_train, work, threads = json.loads(sys.argv[2])
+        common.setup(threads)
+        print(CONTENDERS[name](task, n_train, Path(work), threads))
+    else:
+        common.cli(run, __doc__)

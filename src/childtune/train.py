@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import (data, distributed, guard, loggers, loop, models, optim, prune, records,
+from . import (data, distributed, guard, loggers, loop, memory, models, optim, prune, records,
                reference_rows, regularizers, transfer, validate, variants)
 from . import metrics as metrics_
 from .errors import UserError, resolving
@@ -59,6 +59,7 @@ def run(cfg: DictConfig) -> Path:
         return out
     if cfg.runtime.threads:
         torch.set_num_threads(cfg.runtime.threads)
+    memory.keep_freed_memory()  # the next step reuses what one frees (no arithmetic changes)
 
     task = get_task(cfg.task.name)
     if config["variant"].get("reference"):  # the tables' reference rows: nothing is trained
