@@ -162,6 +162,20 @@ def _first_children(sweep, timeout: float = 120) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_parallel_sweep_runs_n_jobs_side_by_side(tmp_path, data_dir):
+    """n_jobs=2 means two job processes at once (a sweep that ran one at a time took twice
+    the wall time while looking healthy)."""
+    sweep = _parallel_sweep(tmp_path, data_dir, "seed=1,2,3")
+    most, deadline = 0, time.monotonic() + 300
+    while sweep.poll() is None and most < 2 and time.monotonic() < deadline:
+        most = max(most, len(_children(sweep.pid)))
+        time.sleep(0.02)
+    sweep.kill()
+    sweep.communicate(timeout=60)
+    assert most == 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_a_killed_parallel_job_is_recorded_as_failed_and_the_sweep_goes_on(tmp_path, data_dir):
     """SIGKILL of one job process (what the OOM killer does): with joblib the whole sweep
     stopped (TerminatedWorkerError); here the other jobs finish and the killed run gets a

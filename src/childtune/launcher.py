@@ -103,7 +103,8 @@ class ParallelLauncher(Launcher):
         context = mp.get_context("fork")
         try:
             while queue or running:
-                while queue and len(running) < self.n_jobs:
+                # `running` holds two entries a job (its sentinel and its pipe): count jobs
+                while queue and len({job[1] for job in running.values()}) < self.n_jobs:
                     index, overrides = queue.pop(0)
                     reader, writer = context.Pipe(duplex=False)
                     args = (initial_job_idx + index, overrides, self.hydra_context,
