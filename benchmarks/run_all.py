@@ -43,7 +43,7 @@ def main() -> None:
         t0 = time.perf_counter()
         out = module.run(args.quick, args.threads)
         keys.update(out["keys"])
-        details[name] = {k: v for k, v in out.items() if k != "keys"}
+        details[name] = {**{k: v for k, v in out.items() if k != "keys"}, "machine": info}
         print(f"\n## {name} ({time.perf_counter() - t0:.0f} s)\n\n{out['table']}", flush=True)
     info.update(mode="quick" if args.quick else "full",
                 seconds=round(time.perf_counter() - start, 1),
