@@ -1,4 +1,6 @@
-"""Child networks and the gradient masking that trains them.
+"""The gradient masking that trains a child network (the maskers), and pruning by a mask.
+Which entries form a fixed child network is chosen in selection.py (by score) and scopes.py
+(by layer); those names stay importable from here.
 
 A masker multiplies each masked parameter's gradient in place just before `optimizer.step()`
 (a step pre-hook), i.e. after gradient clipping and before the optimizer's moment updates, so
@@ -17,7 +19,6 @@ import numpy as np
 import torch
 
 from . import chunking
-# Selection and scopes have their own modules; their names stay importable from here.
 from .scopes import (encoder_layer_names, first_top_layer, layer_index,  # noqa: F401
                      mask_statistics, module_type, scope_names, top_layers_mask)
 from .selection import (bottom_p_mask, kept_count, percentile_mask, random_mask,  # noqa: F401

@@ -137,7 +137,7 @@ def load_masks(path: Path, model=None) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def check_kept(path: Path, masks: dict[str, torch.Tensor], p: float) -> None:
-    """A cached fixed mask keeps exactly round(p * N) of its N entries (masks.kept_count), as
+    """A cached fixed mask keeps exactly round(p * N) of its N entries (selection.kept_count), as
     every mask childtune writes does; any other count means the file was altered."""
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
