@@ -46,3 +46,19 @@ def test_hf_trainer_with_a_child_tuning_optimizer(tmp_path):
     for name, mask in masks.items():
         assert torch.equal(params[name][~mask], initial[name][~mask]), name
     assert any(not torch.equal(params[n][m], initial[n][m]) for n, m in masks.items())
+
+
+def test_every_public_name_loads_and_the_old_homes_still_name_them():
+    """`from childtune import X` for every name of __all__, and the names masks.py and plan.py
+    held before selection / scopes / jobs / progress took them are still the same objects."""
+    import childtune
+    from childtune import jobs, masks, plan, progress, scopes, selection
+
+    assert all(getattr(childtune, name) is not None for name in childtune.__all__)
+    for home in (selection, scopes):
+        for name in [n for n in dir(home) if not n.startswith("_")
+                     and getattr(getattr(home, n), "__module__", None) == home.__name__]:
+            assert getattr(masks, name) is getattr(home, name), name
+    for name in ("CONF_DIR", "compose", "encoder_path", "expand", "resolved", "source_job"):
+        assert getattr(plan, name) is getattr(jobs, name), name
+    assert plan.status is progress.status

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from childtune import data, models
-from childtune.masks import encoder_layer_names
+from childtune.scopes import encoder_layer_names
 from childtune.tasks import get_task
 
 from conftest import SHARED_DATA, compose, needs_data

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from childtune import ChildTuningD, ChildTuningF, bottom_p_mask, fisher_information, top_p_mask
+from childtune import chunking, selection
 from childtune import masks as M
-from childtune.masks import encoder_layer_names, kept_count
+from childtune.scopes import encoder_layer_names
+from childtune.selection import kept_count
 
 
 # ------------------------------------------------------------------ reference implementations
@@ -105,8 +107,8 @@ def test_top_and_bottom_masks_are_bit_identical_to_the_reference(kind):
 def test_bisection_path_is_exact_when_the_sample_misleads(monkeypatch, layout):
     """With the candidate budget forced to a minimum, the bracket is bisected on the float
     bit patterns; sorted and periodic layouts make the strided sample unrepresentative."""
-    monkeypatch.setattr(M, "_MIN_CANDIDATES", 1)
-    monkeypatch.setattr(M, "_CHUNK", 1 << 10)
+    monkeypatch.setattr(selection, "_MIN_CANDIDATES", 1)
+    monkeypatch.setattr(chunking, "CHUNK", 1 << 10)
     g = torch.Generator().manual_seed(1)
     x = torch.rand(50_000, generator=g) ** 3
     if layout == "sorted":
@@ -166,7 +168,7 @@ def test_f_draw_is_the_documented_rule(bits):
     chunk, so it also pins that chunking never changes the masks."""
     p, seed = 0.3, 11
     named = shapes_model([(3000, 50), (7,), (1, 1), (5,)])
-    assert named[0][1].numel() > 2 * M._CHUNK  # several chunks, and a short last one
+    assert named[0][1].numel() > 2 * chunking.CHUNK  # several chunks, and a short last one
     grad = torch.randn(3000, 50)
     masker = ChildTuningF(named, p=p, seed=seed, bits=bits)
     for _, q in named:
@@ -200,7 +202,7 @@ def test_f_quantised_keep_probability_is_within_the_documented_bound(p, bits):
 def test_f_16_bit_masks_do_not_depend_on_the_chunk_length(monkeypatch, chunk):
     named = shapes_model([(30_001,), (7, 3)])
     _, reference = draw_masks(named, 0.3, seed=3)
-    monkeypatch.setattr(M, "_CHUNK", chunk)
+    monkeypatch.setattr(chunking, "CHUNK", chunk)
     _, chunked = draw_masks(shapes_model([(30_001,), (7, 3)]), 0.3, seed=3)
     assert all(torch.equal(a, b) for s1, s2 in zip(reference, chunked) for a, b in zip(s1, s2))
 
@@ -240,7 +242,7 @@ def test_f_kept_entries_are_grad_times_one_over_p_and_masked_are_zero():
 
 def test_f_chunk_boundaries_do_not_bias_the_draw(monkeypatch):
     """Tensors spanning many chunks (and odd chunk tails) keep the rate of single chunks."""
-    monkeypatch.setattr(M, "_CHUNK", 1001)
+    monkeypatch.setattr(chunking, "CHUNK", 1001)
     named = shapes_model([(20_003,), (999,), (1,)])
     masker, _ = draw_masks(named, 0.25, seed=5, steps=20)
     n = masker.seen
@@ -300,7 +302,7 @@ def test_f_non_contiguous_gradients_are_masked_in_place():
 
 @pytest.mark.parametrize("chunk", [7, 1 << 17])
 def test_d_masking_equals_grad_times_bool_mask(monkeypatch, chunk):
-    monkeypatch.setattr(M, "_CHUNK", chunk)
+    monkeypatch.setattr(chunking, "CHUNK", chunk)
     model = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.Linear(20, 3))
     g = torch.Generator().manual_seed(0)
     masks = {n: torch.rand(q.shape, generator=g) < 0.4 for n, q in model.named_parameters()
@@ -384,7 +386,7 @@ def test_d_on_a_gpu_gives_the_same_gradients_as_the_cpu_path():
         grad = torch.randn(shape, generator=generator)
         on_device, cpu = grad.clone(), grad.clone()
         ChildTuningD._apply_on_device(on_device, mask)
-        M._multiply_in_chunks(cpu, torch.empty(M._CHUNK), lambda out, start:
+        M._multiply_in_chunks(cpu, torch.empty(chunking.CHUNK), lambda out, start:
                               out.copy_(mask.view(-1)[start:start + out.numel()]))
         assert torch.equal(on_device, cpu) and torch.equal(on_device.signbit(), cpu.signbit())
 

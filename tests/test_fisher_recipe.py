@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from childtune import encoder_layer_names, fisher_information, percentile_mask, top_p_mask
-from childtune.masks import kept_count
+from childtune.selection import kept_count
 
 from conftest import random_batches, tiny_model
 

@@ -8,7 +8,8 @@ import torch
 
 from childtune import (ChildTuningD, ChildTuningF, bottom_p_mask, encoder_layer_names,
                        fisher_information, prune_, random_mask, top_p_mask)
-from childtune.masks import kept_count, mask_statistics
+from childtune.scopes import mask_statistics
+from childtune.selection import kept_count
 
 from conftest import random_batches, tiny_model
 

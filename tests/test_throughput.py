@@ -208,7 +208,7 @@ def test_runs_with_cache_and_grouping(run_tiny, tmp_path):
 
 
 def test_plan_estimates_full_data_runs_and_grouped_batches():
-    from childtune import plan
+    from childtune import progress
 
     protocol = {"train_seconds": {"rte": 300}, "overhead_seconds": 30,
                 "train_sizes": {"rte": 2500},
@@ -219,15 +219,15 @@ def test_plan_estimates_full_data_runs_and_grouped_batches():
         return {"protocol": protocol, "task": {"name": "rte"},
                 "data": {"n_train": None, **data_keys},
                 "trainer": {"epochs": 3, "optimizer": "adamw"}, "variant": {"mask": "none"}}
-    assert plan._estimate(config()) == 300 * 2.5 + 30                 # was None (time unknown)
-    assert plan._estimate(config(n_train=1000)) == 300 + 30
-    assert plan._estimate(config(group_by_length=True)) == 300 * 2.5 / 2 + 30
+    assert progress.estimate(config()) == 300 * 2.5 + 30                 # was None (time unknown)
+    assert progress.estimate(config(n_train=1000)) == 300 + 30
+    assert progress.estimate(config(group_by_length=True)) == 300 * 2.5 / 2 + 30
     fused = config()
     fused["trainer"]["optimizer"] = "adamw_fused"
-    assert plan._estimate(fused) == 300 * 2.5 / 1.25 + 30
+    assert progress.estimate(fused) == 300 * 2.5 / 1.25 + 30
     fisher = config(group_by_length=True)
     fisher["variant"]["mask"] = "fisher_top"
-    assert plan._estimate(fisher) == 300 * 2.5 / 2 + 300 * 2.5 / 3 + 30   # Fisher epoch ungrouped
+    assert progress.estimate(fisher) == 300 * 2.5 / 2 + 300 * 2.5 / 3 + 30   # Fisher epoch ungrouped
 
 
 def test_bad_group_by_length_and_draw_bits_are_user_errors():

@@ -9,9 +9,10 @@ imported without torch."""
 from importlib import import_module
 
 _PUBLIC = {"fisher_information": "fisher",
-           **{name: "masks" for name in ("ChildTuningD", "ChildTuningF", "bottom_p_mask",
-                                         "encoder_layer_names", "mask_statistics", "prune_",
-                                         "percentile_mask", "random_mask", "top_p_mask")}}
+           **{name: "masks" for name in ("ChildTuningD", "ChildTuningF", "prune_")},
+           **{name: "selection" for name in ("bottom_p_mask", "percentile_mask", "random_mask",
+                                             "top_p_mask")},
+           **{name: "scopes" for name in ("encoder_layer_names", "mask_statistics")}}
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
 

@@ -86,10 +86,6 @@ def teardown() -> None:
     _context = None
 
 
-def context() -> Context | None:
-    return _context
-
-
 def is_main() -> bool:
     return _context is None or _context.rank == 0
 

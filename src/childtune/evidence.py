@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .tables import BASELINE, BEFORE_PRUNE, DAGGER, _fmt, _num, _p, _series
+from .tables import BASELINE, BEFORE_PRUNE, DAGGER, fmt_number, fmt_p, fmt_value, seed_series
 
 ALPHA = 0.05
 POWER = 0.8
@@ -107,7 +107,7 @@ def _test(values: pd.Series, base: pd.Series) -> dict:
 def paired_tests(obs: pd.DataFrame) -> pd.DataFrame:
     """Every paired test of a table: each row against vanilla (same row extras, same panel)
     and against its VERSUS rows, per column including avg; p_holm over all of them."""
-    series = _series(obs)
+    series = seed_series(obs)
     extras_of = dict(zip(obs["row"], obs["extras"]))
     variant_of = dict(zip(obs["row"], obs["variant"]))
     rows = []
@@ -137,8 +137,8 @@ def test_text(test: dict) -> str:
     if test["n_pairs"] == 0:
         return "—"
     mark = "" if test["complete"] else DAGGER
-    return (f"{_num(test['delta'], signed=True)} (Holm p={_p(test['p_holm'])}, "
-            f"p={_p(test['p_ttest_rel'])}; MDE {_num(test['mde_80'])}){mark}")
+    return (f"{fmt_number(test['delta'], signed=True)} (Holm p={fmt_p(test['p_holm'])}, "
+            f"p={fmt_p(test['p_ttest_rel'])}; MDE {fmt_number(test['mde_80'])}){mark}")
 
 
 def tests_grid(tests: pd.DataFrame, panel: str) -> dict | None:
@@ -232,8 +232,8 @@ def rates_grid(chosen: pd.DataFrame, panel: str) -> dict | None:
     def text(c: dict | None) -> str:
         if c is None:
             return ""
-        return (f"{_fmt(c['lr'])} ({_num(c['mean'])})" + (f" **{EDGE}**" if c["edge"] else "")
-                + ("" if c["complete"] else DAGGER))
+        return (f"{fmt_value(c['lr'])} ({fmt_number(c['mean'])})"
+                + (f" **{EDGE}**" if c["edge"] else "") + ("" if c["complete"] else DAGGER))
 
     return {"header": ["variant", *columns],
             "rows": [[v, *(text(cell.get((v, c))) for c in columns)]
@@ -311,11 +311,11 @@ def sizes_grid(sizes: pd.DataFrame) -> dict | None:
         if c is None:
             return ""
         if not c["complete"]:
-            return DAGGER if math.isnan(c["p_max"]) else f"max p={_p(c['p_max'])} so far{DAGGER}"
-        return f"{'learns' if c['learns'] else 'no'} (max p={_p(c['p_max'])})"
+            return DAGGER if math.isnan(c["p_max"]) else f"max p={fmt_p(c['p_max'])} so far{DAGGER}"
+        return f"{'learns' if c['learns'] else 'no'} (max p={fmt_p(c['p_max'])})"
 
     smallest = smallest_learnable(sizes)
-    rows = [[f"n_train={_fmt(n)}", *(text(cell.get((t, n))) for t in tasks)]
+    rows = [[f"n_train={fmt_value(n)}", *(text(cell.get((t, n))) for t in tasks)]
             for n in sorted(set(sizes["n_train"]))]
     rows.append(["smallest that learns", *(str(smallest[t]) if smallest[t] else "none measured"
                                            for t in tasks)])

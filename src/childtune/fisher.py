@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .masks import _CHUNK
+from . import chunking
 
 NON_MODEL_KEYS = ("idx",)
 FISHER_MODES = ("train", "eval")  # train: dropout on (official); eval: the pre-fix behaviour
@@ -65,7 +65,7 @@ def _fisher_pass(model, loader, names, max_grad_norm, loss_fn, progress):
 
     bar = tqdm(total=n_batches, desc="fisher", disable=not progress, leave=False)
     largest = max((p.numel() for p in scoped.values()), default=0)
-    scratch = torch.empty(min(_CHUNK, largest),
+    scratch = torch.empty(min(chunking.CHUNK, largest),
                           device=next(iter(scoped.values())).device if scoped else None)
     for batch in loader:
         model.zero_grad(set_to_none=True)
@@ -103,10 +103,10 @@ def _accumulate(fisher: torch.Tensor, grad: torch.Tensor, coef: torch.Tensor | N
             grad.mul_(coef)
         grad, coef = grad.contiguous(), None
     flat, out = grad.view(-1), fisher.view(-1)
-    for start in range(0, flat.numel(), _CHUNK):
-        chunk = flat[start:start + _CHUNK]
+    for start in range(0, flat.numel(), chunking.CHUNK):
+        chunk = flat[start:start + chunking.CHUNK]
         if coef is not None:
             chunk.mul_(coef)
         chunk = chunk.float()
         square = torch.mul(chunk, chunk, out=scratch[:chunk.numel()])
-        out[start:start + _CHUNK] += square.div_(n_batches)   # grad**2 / n_batches
+        out[start:start + chunking.CHUNK] += square.div_(n_batches)   # grad**2 / n_batches

@@ -1,4 +1,6 @@
-"""Child networks and the gradient masking that trains them.
+"""The gradient masking that trains a child network (the maskers), and pruning by a mask.
+Which entries form a fixed child network is chosen in selection.py (by score) and scopes.py
+(by layer); those names stay importable from here.
 
 A masker multiplies each masked parameter's gradient in place just before `optimizer.step()`
 (a step pre-hook), i.e. after gradient clipping and before the optimizer's moment updates, so
@@ -13,258 +15,14 @@ Masks are dicts {parameter name: bool tensor of the parameter's shape}, True = c
 """
 from __future__ import annotations
 
-import math
-import re
-
 import numpy as np
 import torch
 
-
-def kept_count(p: float, n: int) -> int:
-    """The exact number of kept entries: round(p * n), halves rounded up."""
-    return int(math.floor(p * n + 0.5))
-
-
-def encoder_layer_names(model: torch.nn.Module) -> list[str]:
-    """The official CT_D scope: trainable parameters whose name contains 'layer' (the encoder
-    blocks; embeddings, pooler and classifier are left out)."""
-    return [n for n, p in model.named_parameters() if p.requires_grad and "layer" in n]
-
-
-def scope_names(model: torch.nn.Module, scope: str, k: int | None = None) -> list[str]:
-    """The parameters a mask is selected among; with `k`, only those inside the top k encoder
-    layers (Top-K tuning's trained layers)."""
-    if scope == "layers":
-        names = encoder_layer_names(model)
-    elif scope == "all":
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
-    else:
-        raise ValueError(f"scope must be 'layers' or 'all', got {scope!r}")
-    if k is None:
-        return names
-    first = first_top_layer(model, k)
-    return [n for n in names if (index := layer_index(n)) is not None and index >= first]
-
-
-# ---------------------------------------------------------------- selecting child networks
-
-# Elements per pass of the chunked kernels below. Under torch's parallel grain size (32768), so
-# every op on a chunk runs inline on the calling thread: no thread barrier (on a busy machine a
-# barrier can wait a whole scheduler time slice for a descheduled thread) and the scratch
-# buffers stay in L1/L2 cache. The results never depend on it or on the thread count.
-_CHUNK = 30_720
-_MIN_CANDIDATES = 1 << 16  # the exact selection gathers at most max(this, n/128) values
-
-
-def _ranked_selection(scores: dict[str, torch.Tensor], k: int, largest: bool) -> dict[str, torch.Tensor]:
-    """Exactly k entries: the k best under the total order (value, then lower flat index first
-    for `largest`); for the bottom, the k last of that same order. So top-k and bottom-k are
-    disjoint whenever 2k <= N, and ties never depend on the sort algorithm.
-
-    The flat index runs over the tensors in dict order. The threshold is found by an exact
-    selection that never concatenates the scores (see `_kth_largest`); the only full-size
-    allocation is the returned bool masks (1 byte per value)."""
-    flats = [s.detach().reshape(-1).float() for s in scores.values()]
-    n = sum(f.numel() for f in flats)
-    if k <= 0 or k >= n:
-        return {name: torch.full(s.shape, k >= n, dtype=torch.bool, device=s.device)
-                for name, s in scores.items()}
-    for name, f in zip(scores, flats):
-        if any(torch.isnan(chunk.sum()) for chunk in _chunks([f])) and torch.isnan(f).any():
-            raise ValueError(f"scores for {name!r} contain NaN; a child network needs finite "
-                             f"scores (did the Fisher pass diverge?)")
-    # t is the k-th largest (top) or the k-th smallest = (n-k+1)-th largest (bottom) value.
-    t, n_above, n_tied = _kth_largest(flats, k if largest else n - k + 1)
-    if largest:
-        need = k - n_above                    # ties taken from the front of the flat order
-        order = range(len(flats))
-    else:
-        need = k - (n - n_above - n_tied)     # ties taken from the back of the flat order
-        order = reversed(range(len(flats)))
-    take_all = need == n_tied   # the usual case (no ties at all): one comparison per tensor
-    chosen: list[torch.Tensor] = [flats[0]] * len(flats)
-    for i in order:
-        f = flats[i]
-        if take_all:
-            chosen[i] = _compare(f, torch.ge if largest else torch.le, t)
-            continue
-        mask = _compare(f, torch.gt if largest else torch.lt, t)
-        if need > 0:
-            tied = (f == t).nonzero().flatten()
-            take = tied[:need] if largest else tied[max(tied.numel() - need, 0):]
-            mask[take] = True
-            need -= take.numel()
-        chosen[i] = mask
-    return {name: m.view(s.shape) for (name, s), m in zip(scores.items(), chosen)}
-
-
-def _chunks(flats: list[torch.Tensor]):
-    for f in flats:
-        for start in range(0, f.numel(), _CHUNK):
-            yield f[start:start + _CHUNK]
-
-
-def _compare(f: torch.Tensor, op, value: float) -> torch.Tensor:
-    """op(f, value) as a new bool tensor, written chunk by chunk."""
-    out = torch.empty(f.shape, dtype=torch.bool, device=f.device)
-    for start in range(0, f.numel(), _CHUNK):
-        op(f[start:start + _CHUNK], value, out=out[start:start + _CHUNK])
-    return out
-
-
-def _count(flats: list[torch.Tensor], op, value: float) -> int:
-    """How many values satisfy `op(x, value)`; chunked, comparing into a cached float buffer
-    (exact: a chunk's count is an integer below 2**24)."""
-    scratch = torch.empty(min(_CHUNK, max(f.numel() for f in flats)))
-    total = 0
-    for chunk in _chunks(flats):
-        out = scratch[:chunk.numel()]
-        total += int(op(chunk, value, out=out).sum())
-    return total
-
-
-def _between(flats: list[torch.Tensor], lo: float, hi: float) -> torch.Tensor:
-    """All values in [lo, hi], chunk by chunk."""
-    scratch = torch.empty(2, min(_CHUNK, max(f.numel() for f in flats)), dtype=torch.bool)
-    parts = []
-    for chunk in _chunks(flats):
-        inside, below_hi = scratch[:, :chunk.numel()]
-        torch.ge(chunk, lo, out=inside)
-        inside &= torch.le(chunk, hi, out=below_hi)
-        parts.append(chunk[inside])
-    return torch.cat(parts)
-
-
-def _float_key(x: float) -> int:
-    """A monotone integer key of a float32 value (its bit pattern, sign-folded), used to
-    bisect between two floats."""
-    bits = torch.tensor([x], dtype=torch.float32).view(torch.int32).item() & 0xFFFFFFFF
-    return bits ^ 0x80000000 if bits < 0x80000000 else ~bits & 0xFFFFFFFF
-
-
-def _key_float(key: int) -> float:
-    bits = key ^ 0x80000000 if key >= 0x80000000 else ~key & 0xFFFFFFFF
-    return torch.tensor([bits - (1 << 32) if bits >= 1 << 31 else bits],
-                        dtype=torch.int32).view(torch.float32).item()
-
-
-def _kth_largest(flats: list[torch.Tensor], rank: int) -> tuple[float, int, int]:
-    """The rank-th largest value t over all tensors (1-based, no NaN), with how many values are
-    > t and == t. Exact, without a concatenated copy:
-
-    1. a strided sample guesses a narrow bracket [lo, hi] around t;
-    2. one counting pass checks it: count(x > hi) < rank <= count(x >= lo), else the bracket is
-       moved and, while it holds too many values, bisected on the float bit patterns;
-    3. the few values inside the bracket are gathered and `kthvalue` picks t among them.
-    Only step 2's counts and step 3's candidates (at most n/128 values) are held."""
-    n = sum(f.numel() for f in flats)
-    limit = max(_MIN_CANDIDATES, n >> 7)
-    lo, hi = -math.inf, math.inf
-    n_ge_lo, n_gt_hi = n, 0          # invariant: n_gt_hi < rank <= n_ge_lo
-    stride = max(1, n >> 18)
-    sample = torch.cat([f[::stride] for f in flats])
-    m = sample.numel()
-    at = (rank - 1) * m / n          # t's position in the sample, counted from the top
-    spread = 3.5 * math.sqrt(m * (rank / n) * (1 - rank / n)) + 16
-    guesses = [float(sample.kthvalue(m - int(i)).values)   # the (i+1)-th largest sampled
-               for i in (at - spread, at + spread) if 0 <= i < m]
-    for guess in guesses:   # larger guess first; each either tightens hi or raises lo
-        lo, hi, n_ge_lo, n_gt_hi = _narrow(flats, guess, rank, lo, hi, n_ge_lo, n_gt_hi)
-    while n_ge_lo - n_gt_hi > limit and lo < hi:
-        a, b = _float_key(lo), _float_key(hi)
-        mid = _key_float((a + b + 1) // 2)
-        lo, hi, n_ge_lo, n_gt_hi = _narrow(flats, mid, rank, lo, hi, n_ge_lo, n_gt_hi)
-    if not lo < hi:          # the bracket is a single value
-        return lo, n_gt_hi, n_ge_lo - n_gt_hi
-    candidates = _between(flats, lo, hi)
-    inner = rank - n_gt_hi   # t is the inner-th largest candidate
-    t = float(candidates.kthvalue(candidates.numel() - inner + 1).values)
-    return (t, n_gt_hi + int((candidates > t).count_nonzero()),
-            int((candidates == t).count_nonzero()))
-
-
-def _narrow(flats, value: float, rank: int, lo, hi, n_ge_lo, n_gt_hi):
-    """Split the bracket at `value` (if inside it) by counting the values >= it."""
-    value += 0.0   # -0.0 -> +0.0: bounds compare like the values, so the bisection advances
-    if not lo < value <= hi:
-        return lo, hi, n_ge_lo, n_gt_hi
-    n_ge = _count(flats, torch.ge, value)
-    if n_ge >= rank:                 # t >= value
-        return value, hi, n_ge, n_gt_hi
-    below = torch.nextafter(torch.tensor(value), torch.tensor(-math.inf)).item()
-    return lo, below, n_ge_lo, n_ge  # t < value, so t <= the next float below it
-
-
-def _unflatten(flat: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out, start = {}, 0
-    for name, t in like.items():
-        out[name] = flat[start:start + t.numel()].view(t.shape).clone()
-        start += t.numel()
-    return out
-
-
-def top_p_mask(scores: dict[str, torch.Tensor], p: float) -> dict[str, torch.Tensor]:
-    """CT_D's child network: the global top round(p*N) entries of the Fisher information."""
-    n = sum(s.numel() for s in scores.values())
-    return _ranked_selection(scores, kept_count(p, n), largest=True)
-
-
-def bottom_p_mask(scores: dict[str, torch.Tensor], p: float) -> dict[str, torch.Tensor]:
-    """The ablation's lowest-Fisher child network: the global bottom round(p*N) entries."""
-    n = sum(s.numel() for s in scores.values())
-    return _ranked_selection(scores, kept_count(p, n), largest=False)
-
-
-def percentile_mask(scores: dict[str, torch.Tensor], p: float,
-                    largest: bool = True) -> dict[str, torch.Tensor]:
-    """The official rule (`variant.count=official`): keep every value >= numpy's linear-
-    interpolation percentile at (1 - p) * 100 of all values, ties kept. Without ties that is
-    floor(p*N + 1 - p) entries (the threshold sits at position (1 - p)(N - 1) of the sorted
-    values), one more than round(p*N) for some N when p < 0.5 and one fewer for some when
-    p > 0.5 (up to numpy's rounding of that position). `largest=False` (the lowest-Fisher
-    ablation, which the official code lacks): values <= the percentile at p * 100. Holds a
-    concatenated float32 copy of the values, as the official code does."""
-    values = np.concatenate([s.detach().reshape(-1).float().cpu().numpy() for s in scores.values()])
-    polar = np.percentile(values, (1 - p) * 100 if largest else p * 100)
-    return {name: torch.from_numpy(s.detach().float().cpu().numpy() >= polar if largest
-                                   else s.detach().float().cpu().numpy() <= polar).to(s.device)
-            for name, s in scores.items()}
-
-
-def random_mask(shapes: dict[str, torch.Size], p: float, seed: int) -> dict[str, torch.Tensor]:
-    """A fixed random child network with exactly round(p*N) entries, uniformly chosen."""
-    n = sum(math.prod(s) for s in shapes.values())
-    generator = torch.Generator().manual_seed(seed)
-    flat = torch.zeros(n, dtype=torch.bool)
-    flat[torch.randperm(n, generator=generator)[: kept_count(p, n)]] = True
-    return _unflatten(flat, {k: torch.empty(s, dtype=torch.bool) for k, s in shapes.items()})
-
-
-def top_layers_mask(model: torch.nn.Module, k: int) -> dict[str, torch.Tensor]:
-    """Top-K tuning's fixed child network: the top k encoder layers, the pooler and the head
-    (everything outside the backbone) are kept whole; the embeddings and the lower layers are
-    frozen. Covers every trainable parameter."""
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    first = first_top_layer(model, k)
-    backbone = f"{getattr(model, 'base_model_prefix', '')}."
-
-    def kept(name: str) -> bool:
-        index = layer_index(name)
-        if index is not None:
-            return index >= first
-        return not name.startswith(backbone) or "pooler" in name
-
-    params = dict(model.named_parameters())
-    return {n: torch.full_like(params[n], kept(n), dtype=torch.bool) for n in names}
-
-
-def first_top_layer(model: torch.nn.Module, k: int) -> int:
-    """The index of the lowest of the model's top k encoder layers; a ValueError unless
-    0 < k <= the number of layers."""
-    n_layers = len({layer_index(n) for n in encoder_layer_names(model)} - {None})
-    if not 0 < k <= n_layers:
-        raise ValueError(f"k={k} must be between 1 and the model's {n_layers} encoder layers")
-    return n_layers - k
+from . import chunking
+from .scopes import (encoder_layer_names, first_top_layer, layer_index,  # noqa: F401
+                     mask_statistics, module_type, scope_names, top_layers_mask)
+from .selection import (bottom_p_mask, kept_count, percentile_mask, random_mask,  # noqa: F401
+                        top_p_mask)
 
 
 @torch.no_grad()
@@ -277,7 +35,9 @@ def prune_(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 # ---------------------------------------------------------------- gradient maskers
 
-class _GradientMasker:
+class GradientMasker:
+    """What every masker does: mask the gradients before each optimizer step."""
+
     params: list[torch.nn.Parameter]
 
     def attach(self, optimizer: torch.optim.Optimizer):
@@ -292,7 +52,7 @@ class _GradientMasker:
         buffers = self.__dict__.setdefault("_buffers", {})
         if dtype not in buffers:
             longest = max((q.numel() for q in self.params), default=1)
-            buffers[dtype] = torch.empty(min(_CHUNK, longest), dtype=dtype)
+            buffers[dtype] = torch.empty(min(chunking.CHUNK, longest), dtype=dtype)
         return buffers[dtype]
 
 
@@ -301,8 +61,8 @@ def _multiply_in_chunks(grad: torch.Tensor, scratch: torch.Tensor, fill) -> None
     `out` (a slice of the cached scratch buffer). A plain float multiply per entry, so the
     result is bit-identical to multiplying by the whole mask tensor at once."""
     flat = grad.view(-1) if grad.is_contiguous() else grad.contiguous().view(-1)
-    for start in range(0, flat.numel(), _CHUNK):
-        chunk = flat[start:start + _CHUNK]
+    for start in range(0, flat.numel(), chunking.CHUNK):
+        chunk = flat[start:start + chunking.CHUNK]
         factor = scratch[:chunk.numel()]
         fill(factor, start)
         chunk.mul_(factor)
@@ -310,7 +70,7 @@ def _multiply_in_chunks(grad: torch.Tensor, scratch: torch.Tensor, fill) -> None
         grad.copy_(flat.view(grad.shape))
 
 
-class ChildTuningF(_GradientMasker):
+class ChildTuningF(GradientMasker):
     """CT_F: a fresh Bernoulli(p) mask per step for every masked parameter; kept gradient
     entries are multiplied by 1/p (rounded to the gradient's dtype), masked ones by 0. Draws
     come from the masker's own bit generator (seeded by `seed`), so the global random stream
@@ -412,7 +172,7 @@ def _zero_first_moment_is_no_update(optimizer: torch.optim.Optimizer) -> bool:
             or getattr(type(optimizer), "zero_first_moment_is_no_update", False))
 
 
-class ChildTuningD(_GradientMasker):
+class ChildTuningD(GradientMasker):
     """A fixed child network (CT_D, random or lowest-Fisher): gradients of non-child entries
     are zeroed every step, with no rescaling. Parameters without a mask update freely.
 
@@ -495,54 +255,3 @@ class ChildTuningD(_GradientMasker):
 
 
 # ---------------------------------------------------------------- statistics
-
-_MODULE_TYPES = [
-    ("attn_q", r"attention\.self\.query|\.q_proj|\.q\b"),
-    ("attn_k", r"attention\.self\.key|\.k_proj|\.k\b"),
-    ("attn_v", r"attention\.self\.value|\.v_proj|\.v\b"),
-    ("attn_o", r"attention\.output\.dense|\.o_proj|\.o\b"),
-    ("layernorm", r"LayerNorm|layer_norm"),
-    ("ffn_in", r"intermediate\.dense|ff\.layer_1"),
-    ("ffn_out", r"output\.dense|ff\.layer_2"),
-    ("embeddings", r"embeddings|word_embedding|mask_emb"),
-    ("pooler", r"pooler|sequence_summary"),
-    ("classifier", r"classifier|logits_proj"),
-]
-
-
-def module_type(name: str) -> str:
-    for label, pattern in _MODULE_TYPES:
-        if re.search(pattern, name):
-            return label
-    return "other"
-
-
-def layer_index(name: str) -> int | None:
-    match = re.search(r"layer\.(\d+)\.", name)
-    return int(match.group(1)) if match else None
-
-
-def mask_statistics(masks: dict[str, torch.Tensor], model: torch.nn.Module) -> dict:
-    """Kept fraction overall, per encoder layer and per module type; plus how much of the
-    model the mask covers."""
-    total_params = sum(p.numel() for p in model.parameters())
-    kept = {n: int(m.sum()) for n, m in masks.items()}
-    size = {n: m.numel() for n, m in masks.items()}
-
-    def grouped(key):
-        acc: dict = {}
-        for name in masks:
-            group = key(name)
-            k, s = acc.get(group, (0, 0))
-            acc[group] = (k + kept[name], s + size[name])
-        return {str(g): k / s for g, (k, s) in sorted(acc.items(), key=lambda kv: str(kv[0]))}
-
-    n_masked = sum(size.values())
-    return {
-        "kept": sum(kept.values()),
-        "masked_entries": n_masked,
-        "kept_fraction": sum(kept.values()) / n_masked if n_masked else None,
-        "scope_fraction_of_model": n_masked / total_params,
-        "per_layer": grouped(lambda n: layer_index(n) if layer_index(n) is not None else "none"),
-        "per_module": grouped(module_type),
-    }

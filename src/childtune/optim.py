@@ -20,9 +20,6 @@ import math
 
 import torch
 
-from .errors import UserError
-
-OPTIMIZERS = ("adamw_fused", "adamw_torch", "adamw_hf2021", "sgd")
 # The official code's list (run_glue.py); XLNet's `layer_norm.weight` is therefore decayed.
 OFFICIAL_NO_DECAY = ("bias", "LayerNorm.weight")
 
@@ -109,21 +106,26 @@ def fused_adamw_supported(device: torch.device | str) -> bool:
     return True
 
 
+def _adam(cfg) -> dict:
+    return {"lr": cfg.lr, "betas": tuple(cfg.adam_betas), "eps": cfg.adam_eps}
+
+
+# trainer.optimizer -> its optimizer, from the parameter groups and the trainer config.
+BUILDERS = {
+    "adamw_fused": lambda groups, cfg: torch.optim.AdamW(groups, **_adam(cfg), fused=True),
+    "adamw_torch": lambda groups, cfg: torch.optim.AdamW(groups, **_adam(cfg)),
+    "adamw_hf2021": lambda groups, cfg: AdamWHF2021(groups, **_adam(cfg)),
+    "sgd": lambda groups, cfg: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum),
+}
+OPTIMIZERS = tuple(BUILDERS)   # adamw_fused, adamw_torch, adamw_hf2021, sgd
+
+
 def build_optimizer(model: torch.nn.Module, trainer_cfg,
                     no_decay=OFFICIAL_NO_DECAY) -> torch.optim.Optimizer:
+    """`trainer_cfg.optimizer` is one of OPTIMIZERS: validate.py refuses any other name (with
+    a UserError) before a run builds anything."""
     groups = param_groups(model, trainer_cfg.weight_decay, no_decay)
-    name = trainer_cfg.optimizer
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=trainer_cfg.lr, momentum=trainer_cfg.momentum)
-    adam = {"lr": trainer_cfg.lr, "betas": tuple(trainer_cfg.adam_betas),
-            "eps": trainer_cfg.adam_eps}
-    if name == "adamw_fused":
-        return torch.optim.AdamW(groups, **adam, fused=True)
-    if name == "adamw_torch":
-        return torch.optim.AdamW(groups, **adam)
-    if name == "adamw_hf2021":
-        return AdamWHF2021(groups, **adam)
-    raise UserError(f"trainer.optimizer must be one of {', '.join(OPTIMIZERS)}, got {name!r}")
+    return BUILDERS[trainer_cfg.optimizer](groups, trainer_cfg)
 
 
 def warmup_steps(total_steps: int, warmup_ratio: float) -> int:

@@ -18,7 +18,9 @@ cell and how many are missing. Composing is slow (about 0.1 s a config), so a pl
 the same configs (`conf_sha`) is reused, from a manifest or the plan cache
 (.cache/childtune/plans), instead of composed again.
 
-This module never imports torch or the training code."""
+Composing and resolving jobs lives in jobs.py (the run side uses it too; `plan.resolved` and
+the other names it imports from there stay importable from here), what is done and how long
+the rest takes in progress.py. This module never imports torch or the training code."""
 from __future__ import annotations
 
 import hashlib
@@ -26,16 +28,16 @@ import json
 import shlex
 import subprocess
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import checkpoints, cli, records
+from . import cli, progress, records
 from .errors import UnsetValue, UserError, resolving
+from .jobs import (CONF_DIR, compose, encoder_path, expand, keyed, parse,  # noqa: F401
+                   resolved, resolved_all, source_job)
+from .progress import status
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"  # inside the package: works installed
 PLANS = "plans"
-_SENTINEL_SEED = -7_319_251  # never a real seed: shows whether a config uses the seed elsewhere
 PLAN_CACHE = ".cache/childtune/plans"  # composed plans by overrides and conf_sha
 # Override keys that never change which runs a launch plans (where they go, how they run).
 _NOT_PLAN_KEYS = ("results_dir", "runtime", "force", "logger", "hydra")
@@ -85,7 +87,7 @@ class Plan:
                    data.get("sources", []), data.get("conf_sha", ""))
 
 
-# ---------------------------------------------------------------- composing
+# ---------------------------------------------------------------- studies and plans
 
 # The order `make reproduce` runs the studies in; other studies follow.
 ORDER = ("lr_grid", "main", "lr_grid_variants", "main_tuned_lr", "ablation", "low_resource",
@@ -117,120 +119,8 @@ def conf_sha() -> str:
     return digest.hexdigest()[:16]
 
 
-@contextmanager
-def _hydra():
-    """Hydra's compose API needs an initialized Hydra; inside a Hydra app it already is."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    if GlobalHydra.instance().is_initialized():
-        yield
-    else:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            yield
-
-
-def compose(overrides: list[str], hydra_node: bool = False):
-    from hydra import compose as hydra_compose
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with _hydra():
-            return hydra_compose("config", overrides=list(overrides),
-                                 return_hydra_config=hydra_node)
-    except (HydraException, OmegaConfBaseException) as exc:
-        raise UserError(f"cannot compose {' '.join(overrides)}: "
-                        f"{str(exc).splitlines()[0]}") from None
-
-
-def resolved(overrides: list[str]) -> dict:
-    from omegaconf import OmegaConf
-
-    return resolving(lambda: OmegaConf.to_container(compose(overrides), resolve=True))
-
-
-def _parse(overrides: list[str]):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create().parse_overrides(list(overrides))
-
-
-def expand(params: dict[str, str], overrides: list[str]) -> list[list[str]]:
-    """Each job's overrides, exactly as Hydra's basic sweeper makes them: the configs' sweeper
-    params first, then the command line, whose value for a key replaces the params' value."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    arguments = [f"{k}={v}" for k, v in params.items()] + list(overrides)
-    return BasicSweeper.split_arguments(_parse(arguments), None)[0]
-
-
-def _keyed(job: list[str]) -> dict:
-    return {o.get_key_element(): o.value() for o in _parse(job)}
-
-
 def _plan_key(key: str) -> bool:
     return key.lstrip("+~").split(".")[0].split("/")[0] not in _NOT_PLAN_KEYS
-
-
-def _estimate(config: dict) -> float | None:
-    """Seconds one run takes under the protocol's measured speeds (None: no estimate)."""
-    protocol = config.get("protocol") or {}
-    task = config["task"]["name"]
-    per_1k = (protocol.get("train_seconds") or {}).get(task)
-    n_train = config["data"].get("n_train") or (protocol.get("train_sizes") or {}).get(task)
-    if per_1k is None or n_train is None:
-        return None
-    if config["variant"].get("prune") and (config.get("runtime") or {}).get("keep_for_prune"):
-        return protocol.get("overhead_seconds", 0)  # evaluates the kept CT_D model (prune.py)
-    epoch = per_1k * n_train / 1000 / 3 / _optimizer_speedup(config)
-    train = epoch * config["trainer"]["epochs"] * _padding_factor(config)
-    if str(config["variant"].get("mask", "")).startswith("fisher"):
-        train += epoch      # the Fisher pass: one more epoch (random batches)
-    return train + protocol.get("overhead_seconds", 0)
-
-
-def _padding_factor(config: dict) -> float:
-    """Training time with length-grouped batches relative to random ones: the ratio of padded
-    tokens per epoch (step time grows about linearly with the padded length here)."""
-    padding = (config.get("protocol") or {}).get("padding") or {}
-    task = config["task"]["name"]
-    if not config["data"].get("group_by_length") or task not in padding.get("grouped", {}):
-        return 1.0
-    return padding["grouped"][task] / padding["random"][task]
-
-
-def _optimizer_speedup(config: dict) -> float:
-    """The protocol's speeds were measured with foreach AdamW; a fused AdamW steps faster."""
-    fused = config["trainer"].get("optimizer") == "adamw_fused"
-    return (config.get("protocol") or {}).get("fused_adamw_speedup", 1.0) if fused else 1.0
-
-
-def _configs(jobs: list[list[str]]) -> list[dict]:
-    """The resolved config of each job. Jobs that differ only in their seed share one
-    composition when the seed is used nowhere else in the config (checked with a sentinel)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, job in enumerate(jobs):
-        rest = tuple(o for o in job if o.split("=", 1)[0] != "seed")
-        groups.setdefault(rest, []).append(i)
-    out: list[dict | None] = [None] * len(jobs)
-    for rest, members in groups.items():
-        seeded = all(len(jobs[i]) > len(rest) for i in members)
-        probe = resolved([*rest, f"seed={_SENTINEL_SEED}"]) if seeded else None
-        if probe is None or json.dumps(probe).count(str(_SENTINEL_SEED)) != 1:
-            for i in members:
-                out[i] = resolved(jobs[i])
-            continue
-        for i in members:
-            out[i] = {**probe, "seed": _keyed(jobs[i])["seed"]}
-    return out
-
-
-def source_job(job: list[str], source_task: str) -> list[str]:
-    """The overrides of the run a task-transfer run starts from: the same run on the source
-    task, without transfer."""
-    kept = [o for o in job if o.split("=", 1)[0] not in ("task", "transfer.source_task")]
-    return [*kept, f"task={source_task}", "transfer.source_task=null"]
 
 
 def make_plan(overrides: list[str], identities: bool = True) -> Plan:
@@ -238,7 +128,7 @@ def make_plan(overrides: list[str], identities: bool = True) -> Plan:
     from omegaconf import OmegaConf
 
     overrides = [o for o in overrides if _plan_key(o.split("=", 1)[0])]
-    fixed = [str(o.input_line) for o in _parse(overrides) if not o.is_sweep_override()]
+    fixed = [str(o.input_line) for o in parse(overrides) if not o.is_sweep_override()]
     root = compose(fixed, hydra_node=True)
     params = OmegaConf.select(root, "hydra.sweeper.params")  # None: a sweep of no study
     params = {} if params is None else resolving(
@@ -250,12 +140,12 @@ def make_plan(overrides: list[str], identities: bool = True) -> Plan:
     plan = Plan(root.study, protocol, overrides, [], conf_sha=conf_sha())
     jobs = expand({k: str(v) for k, v in params.items()}, overrides)
     if not identities:
-        plan.runs = [{"overrides": _keyed(job), "job": job} for job in jobs]
+        plan.runs = [{"overrides": keyed(job), "job": job} for job in jobs]
         return plan
-    for job, config in zip(jobs, _configs(jobs)):
+    for job, config in zip(jobs, resolved_all(jobs)):
         ident = records.identity(config)
-        run = {"overrides": {k: v for k, v in _keyed(job).items() if _plan_key(k)},
-               "identity": ident, "path": _relative(ident), "seconds": _estimate(config)}
+        run = {"overrides": {k: v for k, v in keyed(job).items() if _plan_key(k)},
+               "identity": ident, "path": _relative(ident), "seconds": progress.estimate(config)}
         transfer = {k: v for k, v in (config.get("transfer") or {}).items() if v}
         if transfer:
             run["transfer"] = transfer
@@ -271,11 +161,11 @@ def _sources(runs: list[dict]) -> list[dict]:
     jobs = list({tuple(r["source_job"]): r["source_job"] for r in runs if "source_job" in r}
                 .values())
     sources = {}
-    for job, config in zip(jobs, _configs(jobs)):
+    for job, config in zip(jobs, resolved_all(jobs)):
         ident = records.identity(config)
         sources[tuple(job)] = {
-            "overrides": {k: v for k, v in _keyed(job).items() if _plan_key(k)},
-            "identity": ident, "path": _relative(ident), "seconds": _estimate(config),
+            "overrides": {k: v for k, v in keyed(job).items() if _plan_key(k)},
+            "identity": ident, "path": _relative(ident), "seconds": progress.estimate(config),
             "encoder": str(encoder_path(config["runtime"]["cache_dir"], ident))}
     for run in runs:
         if "source_job" in run:
@@ -285,13 +175,6 @@ def _sources(runs: list[dict]) -> list[dict]:
 
 def _relative(ident: dict) -> str:
     return str(records.record_path("", ident))
-
-
-def encoder_path(cache_dir, ident: dict) -> Path:
-    """Where a run kept for task transfer leaves its trained encoder (transfer.py)."""
-    if not cache_dir:
-        raise UserError("task transfer keeps encoders under runtime.cache_dir; set it")
-    return checkpoints.path(cache_dir, "encoders", ident)
 
 
 def records_plans(recs: list[dict]) -> list[Plan]:
@@ -307,7 +190,7 @@ def records_plans(recs: list[dict]) -> list[Plan]:
         key = (ident.get("study") or "adhoc", (rec["config"].get("protocol") or {}).get("name"),
                tuple(sorted(t.split("=", 1)[0] for t in job)))
         groups.setdefault(key, {})[_relative(ident)] = {
-            "overrides": _keyed(job), "identity": ident, "path": _relative(ident),
+            "overrides": keyed(job), "identity": ident, "path": _relative(ident),
             "seconds": None, "line": job}
     plans = []
     for (study, protocol, _), runs in sorted(groups.items(), key=str):
@@ -387,61 +270,11 @@ class ManifestCallback(Callback):
         try:
             plan = make_plan(list(config.hydra.overrides.task))
             path = write_manifest(config.results_dir, plan)
-            done = sum(_done(Path(config.results_dir) / run["path"]) for run in plan.runs)
+            done = sum(progress.done(Path(config.results_dir) / run["path"]) for run in plan.runs)
         except (UserError, OSError) as exc:  # the jobs report their own config errors
             print(f"plan: not saved ({exc})")
             return
         print(f"plan: {len(plan.runs)} runs ({done} done) -> {path}")
-
-
-# ---------------------------------------------------------------- status and launching
-
-def _done(path: Path) -> bool:
-    """A run is done when its success record is there and readable (a file cut short is a
-    UserError naming it, as in train)."""
-    return path.is_file() and records.read_record(path)["status"] == "success"
-
-
-def _missing(results_dir, runs: list[dict], sources: list[dict]) -> tuple[list, list]:
-    root = Path(results_dir)
-    return ([r for r in runs if not _done(root / r["path"])],
-            [s for s in sources if not Path(s["encoder"]).exists()])
-
-
-def status(results_dir, plan: Plan) -> dict:
-    missing, missing_sources = _missing(results_dir, plan.runs, plan.sources)
-    return {"planned": len(plan.runs), "done": len(plan.runs) - len(missing),
-            "missing": len(missing), "sources_missing": len(missing_sources),
-            "cpu_hours": _hours(missing + missing_sources)}
-
-
-def _hours(runs: list[dict]) -> float | None:
-    if any(r.get("seconds") is None for r in runs):
-        return None
-    return sum(r["seconds"] for r in runs) / 3600
-
-
-def _time(hours: float | None, jobs: int) -> str:
-    return ("time unknown" if hours is None else
-            f"{hours:.1f} CPU-hours, ~{hours / jobs:.1f} h wall with {jobs} jobs")
-
-
-def _describe(results_dir, plan: Plan, jobs: int) -> str:
-    s = status(results_dir, plan)
-    extra = f" + {s['sources_missing']} source runs" if plan.sources else ""
-    return (f"{plan.study:16s} {plan.protocol or '-':6s} planned {s['planned']:4d}  "
-            f"done {s['done']:4d}  missing {s['missing']:4d}{extra}  "
-            f"({_time(s['cpu_hours'], jobs)})")
-
-
-def _total(results_dir, plans: list[Plan], jobs: int) -> str:
-    """Studies share runs (a run is trained once): the distinct runs of all of them."""
-    runs = list({r["path"]: r for p in plans for r in p.runs}.values())
-    sources = list({s["path"]: s for p in plans for s in p.sources}.values())
-    missing, missing_sources = _missing(results_dir, runs, sources)
-    return (f"{'all':23s} distinct {len(runs):4d}  done {len(runs) - len(missing):4d}  "
-            f"missing {len(missing):4d} + {len(missing_sources)} source runs  "
-            f"({_time(_hours(missing + missing_sources), jobs)})")
 
 
 OPTIONS = {
@@ -454,14 +287,6 @@ OPTIONS = {
 }
 REST = ("experiment=<study> (default: every study), protocol=<name> and any other override "
         "of the study's configs (as for python -m childtune.train -m)")
-
-
-def _missing_lines(results_dir, plan: Plan) -> list[str]:
-    missing, sources = _missing(results_dir, plan.runs, plan.sources)
-    return [f"  missing {r['path']}: python -m childtune.train " +
-            " ".join(shlex.quote(f"{k}={v}") for k, v in r["overrides"].items())
-            for r in missing] + [f"  missing source encoder {s['encoder']} ({s['path']})"
-                                 for s in sources]
 
 
 def _positive(value: str, key: str) -> int:
@@ -496,9 +321,9 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 continue
             done.append(plan)
-            print(_describe(results_dir, plan, jobs), flush=True)
+            print(progress.describe(results_dir, plan, jobs), flush=True)
             if listing:
-                print("\n".join(_missing_lines(results_dir, plan)), flush=True)
+                print("\n".join(progress.missing_lines(results_dir, plan)), flush=True)
             if launching and status(results_dir, plan)["missing"]:
                 command = [sys.executable, "-m", "childtune.train", "-m", *launch,
                            f"results_dir={results_dir}", *shlex.split(options["launcher"])]
@@ -507,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"error: the {study} multirun failed", file=sys.stderr)
                     return 1
         if len(done) > 1:
-            print(_total(results_dir, done, jobs))
+            print(progress.total(results_dir, done, jobs))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

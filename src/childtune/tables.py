@@ -47,7 +47,7 @@ def _row_variant(run: dict) -> str:
     return run["overrides"].get("method", run["identity"]["variant"])
 
 
-def _fmt(value) -> str:
+def fmt_value(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
@@ -81,8 +81,8 @@ def observations(plan: Plan, records: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for run in plan.runs:
         ident, over = run["identity"], run["overrides"]
-        extras = ", ".join(f"{SHORT.get(k, k)}={_fmt(over[k])}" for k in row_keys if k in over)
-        panel = ", ".join(f"{k}={_fmt(over[k])}" for k in panel_keys if k in over)
+        extras = ", ".join(f"{SHORT.get(k, k)}={fmt_value(over[k])}" for k in row_keys if k in over)
+        panel = ", ".join(f"{k}={fmt_value(over[k])}" for k in panel_keys if k in over)
         record = records.get(run["path"])
         label = _row_variant(run)
         variants = [label] + ([BEFORE_PRUNE] if ident["variant"] == "prune" else [])
@@ -112,7 +112,7 @@ def learning_rates(plan: Plan) -> str:
         if ident.get("lr") is None:
             continue
         by_task = rates.setdefault(_row_variant(run), {})
-        by_task.setdefault(ident["task"], set()).add(_fmt(ident["lr"]))
+        by_task.setdefault(ident["task"], set()).add(fmt_value(ident["lr"]))
 
     def text(by_task: dict[str, set]) -> str:
         return ", ".join(f"{task} {'/'.join(sorted(lrs))}" for task, lrs in by_task.items())
@@ -161,7 +161,7 @@ def _paired(values: pd.Series, base: pd.Series) -> dict:
             "n_pairs": len(common), "p_ttest_rel": p_t, "p_wilcoxon": p_w}
 
 
-def _series(obs: pd.DataFrame) -> dict[tuple, pd.Series]:
+def seed_series(obs: pd.DataFrame) -> dict[tuple, pd.Series]:
     """(panel, row, column) -> seed-indexed values; column 'avg' is the per-seed average."""
     out = {}
     for (panel, row, column), group in obs.groupby(["panel", "row", "column"], sort=False):
@@ -174,7 +174,7 @@ def _series(obs: pd.DataFrame) -> dict[tuple, pd.Series]:
 
 def summarize(obs: pd.DataFrame) -> pd.DataFrame:
     """One row per (panel, row, column) including 'avg': n, mean, std, Δ vs vanilla, p."""
-    series = _series(obs)
+    series = seed_series(obs)
     variant_of = dict(zip(obs["row"], obs["variant"]))
     extras_of = dict(zip(obs["row"], obs["extras"]))
     rows = []
@@ -201,7 +201,7 @@ def delta_versus(obs: pd.DataFrame, panel: str, row: str, versus_variant: str,
                  column: str) -> dict | None:
     """Δ of a row against another variant's row (for the paper's deltas against CT_D, and of
     each `<method>_ct_d` row against `<method>`); complete when both rows have every seed."""
-    series = _series(obs[obs["panel"] == panel])
+    series = seed_series(obs[obs["panel"] == panel])
     extras = obs.loc[obs["row"] == row, "extras"].iloc[0]
     base = series.get((panel, f"{versus_variant} {extras}".strip(), column))
     values = series.get((panel, row, column))
@@ -238,13 +238,13 @@ def _paper_text(entry: dict, models: set[str]) -> str:
 
 # ---------------------------------------------------------------- rendering
 
-def _num(value: float, signed: bool = False) -> str:
+def fmt_number(value: float, signed: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def _p(value: float) -> str:
+def fmt_p(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{value:.3g}"
 
 
@@ -252,14 +252,14 @@ def score_text(cell: dict) -> str:
     if cell["n"] == 0:
         return f"— (0/{cell['n_planned']}){DAGGER}"
     n = f"({cell['n']})" if cell["complete"] else f"({cell['n']}/{cell['n_planned']}){DAGGER}"
-    return f"{_num(cell['mean'])} ± {_num(cell['std'])} {n}"
+    return f"{fmt_number(cell['mean'])} ± {fmt_number(cell['std'])} {n}"
 
 
 def delta_text(cell: dict) -> str:
     if cell["n_pairs"] == 0:
         return "—"
     mark = "" if cell["complete"] else DAGGER
-    return f"{_num(cell['delta'], signed=True)} (p={_p(cell['p_ttest_rel'])}){mark}"
+    return f"{fmt_number(cell['delta'], signed=True)} (p={fmt_p(cell['p_ttest_rel'])}){mark}"
 
 
 def _paper_cells(entries: list[dict], row: str, columns: list[str], models: set[str]) -> list:
@@ -320,7 +320,8 @@ def _without_ct_d_grid(obs: pd.DataFrame, panel: str, part: pd.DataFrame,
 
 def _versus_text(obs: pd.DataFrame, panel: str, row: str, versus: str | None, column: str):
     d = delta_versus(obs, panel, row, versus, column) if versus else None
-    return "" if d is None else f"{_num(d['delta'], True)} vs {versus} (p={_p(d['p_ttest_rel'])})"
+    return "" if d is None else (f"{fmt_number(d['delta'], True)} vs {versus} "
+                                 f"(p={fmt_p(d['p_ttest_rel'])})")
 
 
 def markdown_table(grid: dict) -> str:

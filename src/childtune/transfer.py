@@ -4,7 +4,7 @@ Task transfer (`transfer.source_task=A`): the run starts from the encoder of the
 same in every setting (model, variant, seed, protocol, ...) but trained on task A; the new task's
 head is freshly initialised. That source run keeps its encoder when asked
 (`runtime.save_encoder=true`) under `<runtime.cache_dir>/encoders/`, named by the source run's
-identity (plan.encoder_path). A run whose source encoder is missing trains the source run first,
+identity (jobs.encoder_path). A run whose source encoder is missing trains the source run first,
 as an ordinary run in a subprocess (which also writes the source's record).
 
 Domain transfer (`transfer.eval_tasks=[...]`): after training, the model is also evaluated on
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import checkpoints, plan, records
+from . import checkpoints, jobs, records
 from .errors import UserError
 from .tasks import Task, get_task
 
@@ -114,7 +114,7 @@ def needs_encoder(cfg, ident: dict) -> bool:
     """A run asked to keep its encoder runs again (even with a record) if the encoder is gone."""
     if not OmegaConf.select(cfg, "runtime.save_encoder", default=False):
         return False
-    return not plan.encoder_path(cfg.runtime.cache_dir, ident).exists()
+    return not jobs.encoder_path(cfg.runtime.cache_dir, ident).exists()
 
 
 def start_from_source(cfg, model) -> dict | None:
@@ -122,9 +122,9 @@ def start_from_source(cfg, model) -> dict | None:
     source_task = OmegaConf.select(cfg, "transfer.source_task", default=None)
     if not source_task:
         return None
-    job = plan.source_job(_job_overrides(), source_task)
-    ident = records.identity(plan.resolved(job))
-    path = plan.encoder_path(cfg.runtime.cache_dir, ident)
+    job = jobs.source_job(_job_overrides(), source_task)
+    ident = records.identity(jobs.resolved(job))
+    path = jobs.encoder_path(cfg.runtime.cache_dir, ident)
     with _locked(path):
         if not path.exists():
             command = [sys.executable, "-m", "childtune.train", *job, "runtime.save_encoder=true"]
@@ -175,7 +175,7 @@ def finish(cfg, ident: dict, task: Task, model, tokenizer, data_dir, source: dic
     """After training: keep the encoder if asked; evaluate on other tasks. Returns what the
     record adds ({} when transfer is off)."""
     if OmegaConf.select(cfg, "runtime.save_encoder", default=False):
-        path = plan.encoder_path(cfg.runtime.cache_dir, ident)
+        path = jobs.encoder_path(cfg.runtime.cache_dir, ident)
         save_encoder(model, path, ident)
         print(f"encoder kept for task transfer -> {path}")
     out = dict(source or {})

@@ -26,11 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import masks as M
+from . import masks as M  # noqa: F401 -- train.py reads variants.M.*; kept until it imports masks
+from . import scopes, selection
 from .atomic import atomic_file
 from .distributed import digest
 from .errors import UserError
 from .fisher import FISHER_MODES, fisher_information
+from .masks import ChildTuningD, ChildTuningF, GradientMasker
 
 MASK_KINDS = ("none", "bernoulli", "fisher_top", "fisher_bottom", "random", "top_layers")
 LAYER_LIMITED = ("fisher_top", "fisher_bottom", "random", "top_layers")  # kinds taking variant.k
@@ -87,7 +89,7 @@ def _check_k(variant: dict) -> None:
 
 @dataclass
 class ChildNetwork:
-    masker: M._GradientMasker | None = None
+    masker: GradientMasker | None = None
     masks: dict[str, torch.Tensor] | None = None   # fixed masks (None for vanilla and F)
     info: dict = field(default_factory=dict)        # what the record says about the mask
 
@@ -135,24 +137,24 @@ def load_masks(path: Path, model=None) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def check_kept(path: Path, masks: dict[str, torch.Tensor], p: float) -> None:
-    """A cached fixed mask keeps exactly round(p * N) of its N entries (masks.kept_count), as
+    """A cached fixed mask keeps exactly round(p * N) of its N entries (selection.kept_count), as
     every mask childtune writes does; any other count means the file was altered."""
     total = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
-    if kept != M.kept_count(p, total):
+    if kept != selection.kept_count(p, total):
         raise UserError(f"mask cache entry {path} keeps {kept} of {total} entries, not "
-                        f"round(p * N) = {M.kept_count(p, total)} for p={p}; delete it and "
+                        f"round(p * N) = {selection.kept_count(p, total)} for p={p}; delete it and "
                         f"rerun (the mask is recomputed)")
 
 
 def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progress):
-    names = M.scope_names(model, variant["scope"], variant.get("k"))
+    names = scopes.scope_names(model, variant["scope"], variant.get("k"))
     kind, p = variant["mask"], variant["p"]
     fisher_seed = variant.get("fisher_seed")
     fisher_seed = seed if fisher_seed is None else fisher_seed
     if kind == "random":
         shapes = {n: p_.shape for n, p_ in model.named_parameters() if n in set(names)}
-        return M.random_mask(shapes, p, fisher_seed), {}
+        return selection.random_mask(shapes, p, fisher_seed), {}
     start = time.perf_counter()
     # The Fisher pass draws dropout and shuffling from its own seeded streams, so the training
     # that follows sees the same random stream as a vanilla run with the same seed, and a run
@@ -166,9 +168,10 @@ def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progr
                                     mode=variant["fisher_mode"])
     seconds = time.perf_counter() - start
     if variant.get("count") == "official":
-        selected = M.percentile_mask(fisher, p, largest=kind == "fisher_top")
+        selected = selection.percentile_mask(fisher, p, largest=kind == "fisher_top")
     else:
-        selected = (M.top_p_mask if kind == "fisher_top" else M.bottom_p_mask)(fisher, p)
+        pick = selection.top_p_mask if kind == "fisher_top" else selection.bottom_p_mask
+        selected = pick(fisher, p)
     summary = {"fisher_seconds": seconds,
                "fisher_quantiles": dict(zip(["min", "q25", "median", "q75", "max"],
                                             _quantiles(fisher))),
@@ -225,10 +228,10 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
         return ChildNetwork(info={"kind": "none"})
     if kind == "bernoulli":
         named = [(n, q) for n, q in model.named_parameters()
-                 if n in set(M.scope_names(model, variant["scope"]))]
+                 if n in set(scopes.scope_names(model, variant["scope"]))]
         # draw_bits: 16 since issue 15; configs without the key (older records) drew 32 bits
         bits = variant.get("draw_bits") or 32
-        return ChildNetwork(masker=M.ChildTuningF(named, variant["p"], seed=seed, bits=bits),
+        return ChildNetwork(masker=ChildTuningF(named, variant["p"], seed=seed, bits=bits),
                             info={"kind": kind, "p": variant["p"], "scope": variant["scope"],
                                   "draw_bits": bits})
     # top_k's child network; with variant.k, the fixed mask below replaces its in-scope entries
@@ -264,7 +267,7 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
 
 def _top_layers(model, k: int) -> dict[str, torch.Tensor]:
     try:
-        return M.top_layers_mask(model, k)
+        return scopes.top_layers_mask(model, k)
     except ValueError as exc:
         raise UserError(f"variant.{exc}; pass a smaller variant.k") from None
 
@@ -272,10 +275,10 @@ def _top_layers(model, k: int) -> dict[str, torch.Tensor]:
 def fixed_child(variant: dict, model, masks: dict[str, torch.Tensor], info: dict) -> ChildNetwork:
     """The child network of a fixed mask (D, random, lowest-Fisher, prune, top_k) given its
     masks."""
-    masker = M.ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
+    masker = ChildTuningD(model, masks, freeze_exactly=not variant.get("decay_frozen", True))
     info.update({"kind": variant["mask"], "p": variant.get("p"), "scope": variant.get("scope"),
                  **({"k": variant["k"]} if variant.get("k") is not None else {}),
-                 "statistics": M.mask_statistics(masks, model),
+                 "statistics": scopes.mask_statistics(masks, model),
                  "sha256": digest(masks.values())})  # the digest DDP's masks_sha256 uses
     return ChildNetwork(masker=masker, masks=masks, info=info)
 
@@ -293,7 +296,7 @@ def parameter_counts(model, child: ChildNetwork) -> dict:
         scope = sum(m.numel() for m in masks.values())
         out |= {"masked_scope": scope,
                 "child": trainable - scope + sum(int(m.sum()) for m in masks.values())}
-    elif isinstance(child.masker, M.ChildTuningF):
+    elif isinstance(child.masker, ChildTuningF):
         scope = sum(q.numel() for q in child.masker.params)
         out |= {"masked_scope": scope,
                 "child_expected": round(trainable - scope + child.masker.p * scope)}

@@ -1,0 +1,100 @@
+"""How far a plan is: which of its runs are done, which are missing (runs and the source
+encoders of task transfer), and how long the missing ones take under the protocol's measured
+speeds. `plan` arguments are plan.Plan objects (their `runs` and `sources`)."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from . import records
+
+
+def estimate(config: dict) -> float | None:
+    """Seconds one run takes under the protocol's measured speeds (None: no estimate)."""
+    protocol = config.get("protocol") or {}
+    task = config["task"]["name"]
+    per_1k = (protocol.get("train_seconds") or {}).get(task)
+    n_train = config["data"].get("n_train") or (protocol.get("train_sizes") or {}).get(task)
+    if per_1k is None or n_train is None:
+        return None
+    if config["variant"].get("prune") and (config.get("runtime") or {}).get("keep_for_prune"):
+        return protocol.get("overhead_seconds", 0)  # evaluates the kept CT_D model (prune.py)
+    epoch = per_1k * n_train / 1000 / 3 / _optimizer_speedup(config)
+    train = epoch * config["trainer"]["epochs"] * _padding_factor(config)
+    if str(config["variant"].get("mask", "")).startswith("fisher"):
+        train += epoch      # the Fisher pass: one more epoch (random batches)
+    return train + protocol.get("overhead_seconds", 0)
+
+
+def _padding_factor(config: dict) -> float:
+    """Training time with length-grouped batches relative to random ones: the ratio of padded
+    tokens per epoch (step time grows about linearly with the padded length here)."""
+    padding = (config.get("protocol") or {}).get("padding") or {}
+    task = config["task"]["name"]
+    if not config["data"].get("group_by_length") or task not in padding.get("grouped", {}):
+        return 1.0
+    return padding["grouped"][task] / padding["random"][task]
+
+
+def _optimizer_speedup(config: dict) -> float:
+    """The protocol's speeds were measured with foreach AdamW; a fused AdamW steps faster."""
+    fused = config["trainer"].get("optimizer") == "adamw_fused"
+    return (config.get("protocol") or {}).get("fused_adamw_speedup", 1.0) if fused else 1.0
+
+
+# ---------------------------------------------------------------- done and missing
+
+def done(path: Path) -> bool:
+    """A run is done when its success record is there and readable (a file cut short is a
+    UserError naming it, as in train)."""
+    return path.is_file() and records.read_record(path)["status"] == "success"
+
+
+def missing_runs(results_dir, runs: list[dict], sources: list[dict]) -> tuple[list, list]:
+    root = Path(results_dir)
+    return ([r for r in runs if not done(root / r["path"])],
+            [s for s in sources if not Path(s["encoder"]).exists()])
+
+
+def status(results_dir, plan) -> dict:
+    missing, missing_sources = missing_runs(results_dir, plan.runs, plan.sources)
+    return {"planned": len(plan.runs), "done": len(plan.runs) - len(missing),
+            "missing": len(missing), "sources_missing": len(missing_sources),
+            "cpu_hours": hours(missing + missing_sources)}
+
+
+def hours(runs: list[dict]) -> float | None:
+    if any(r.get("seconds") is None for r in runs):
+        return None
+    return sum(r["seconds"] for r in runs) / 3600
+
+
+def _time(hours: float | None, jobs: int) -> str:
+    return ("time unknown" if hours is None else
+            f"{hours:.1f} CPU-hours, ~{hours / jobs:.1f} h wall with {jobs} jobs")
+
+
+def describe(results_dir, plan, jobs: int) -> str:
+    s = status(results_dir, plan)
+    extra = f" + {s['sources_missing']} source runs" if plan.sources else ""
+    return (f"{plan.study:16s} {plan.protocol or '-':6s} planned {s['planned']:4d}  "
+            f"done {s['done']:4d}  missing {s['missing']:4d}{extra}  "
+            f"({_time(s['cpu_hours'], jobs)})")
+
+
+def total(results_dir, plans: list, jobs: int) -> str:
+    """Studies share runs (a run is trained once): the distinct runs of all of them."""
+    runs = list({r["path"]: r for p in plans for r in p.runs}.values())
+    sources = list({s["path"]: s for p in plans for s in p.sources}.values())
+    missing, missing_sources = missing_runs(results_dir, runs, sources)
+    return (f"{'all':23s} distinct {len(runs):4d}  done {len(runs) - len(missing):4d}  "
+            f"missing {len(missing):4d} + {len(missing_sources)} source runs  "
+            f"({_time(hours(missing + missing_sources), jobs)})")
+
+
+def missing_lines(results_dir, plan) -> list[str]:
+    missing, sources = missing_runs(results_dir, plan.runs, plan.sources)
+    return [f"  missing {r['path']}: python -m childtune.train " +
+            " ".join(shlex.quote(f"{k}={v}") for k, v in r["overrides"].items())
+            for r in missing] + [f"  missing source encoder {s['encoder']} ({s['path']})"
+                                 for s in sources]
