@@ -29,17 +29,16 @@ def main() -> None:
         runs = {r["path"]: r for p in plans for r in p.runs}
         for run in runs.values():
             value = rng.uniform(0.5, 0.9)
-            record = {"status": "success", "identity": run["identity"],
-                      "config": {"study": "synthetic", "protocol": {"name": protocol}},
-                      "headline": {"metric": "accuracy", "split": "dev", "value": value},
-                      "metrics": {"dev": {"accuracy": value}},
-                      "mask": {"statistics": {"per_layer": {str(i): rng.random() for i in range(6)}}}}
+            sections = {"mask": {"statistics": {"per_layer": {str(i): rng.random()
+                                                              for i in range(6)}}}}
             if run["identity"]["variant"] == "prune":
-                record["metrics_before_prune"] = {"dev": {"accuracy": value + 0.01}}
+                sections["metrics_before_prune"] = {"dev": {"accuracy": value + 0.01}}
             if (run.get("transfer") or {}).get("eval_tasks"):
-                record["transfer"] = {"eval": {t: {"accuracy": rng.random()}
-                                               for t in run["transfer"]["eval_tasks"]}}
-            records.write_record(results_dir, record)
+                sections["transfer"] = {"eval": {t: {"accuracy": rng.random()}
+                                                 for t in run["transfer"]["eval_tasks"]}}
+            records.write_record(results_dir, records.build(
+                "success", run["identity"], {"study": "synthetic", "protocol": {"name": protocol}},
+                headline=("accuracy", "dev"), metrics={"dev": {"accuracy": value}}, **sections))
         start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "childtune.aggregate", f"results_dir={results_dir}"],
                        check=True, stdout=subprocess.DEVNULL)

@@ -41,6 +41,7 @@ def _compose(overrides: list[str]):
 
 def ours(task: str, n_train: int | None, work: Path, *extra: str) -> float:
     """Training examples per second of one epoch through the project's run."""
+    from childtune.records import read_record
     from childtune.train import run
 
     cfg = _compose([f"task={task}", "variant=vanilla", "trainer.epochs=1",
@@ -50,8 +51,8 @@ def ours(task: str, n_train: int | None, work: Path, *extra: str) -> float:
                     f"results_dir={work / 'results'}", f"runtime.cache_dir={work / 'cache'}",
                     "runtime.progress=false", "force=true", *extra])
     with contextlib.redirect_stdout(io.StringIO()):
-        record = json.loads(Path(run(cfg)).read_text())
-    return record["timings"]["train_examples_per_s"]
+        path = run(cfg)
+    return read_record(path).timings["train_examples_per_s"]
 
 
 def hf(task: str, n_train: int | None, work: Path, grouped: bool) -> float:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from childtune import aggregate, plan, records, tables
+from fake_records import fake_failure, fake_record
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # Headline values (fractions) per (task, variant) for seeds 1, 2, 3.
@@ -36,11 +37,8 @@ def _write(results_dir: Path, small_plan, skip=(), values=VALUES, row_key="varia
         if (*key, ident["seed"]) in skip:
             continue
         value = values[key][ident["seed"] - 1]
-        records.write_record(results_dir, {
-            "status": "success", "identity": ident,
-            "config": {"study": small_plan.study, "protocol": {"name": "cpu"}},
-            "headline": {"metric": "accuracy", "split": "dev", "value": value},
-            "metrics": {"dev": {"accuracy": value}}})
+        records.write_record(results_dir, fake_record(
+            ident, value, config={"study": small_plan.study, "protocol": {"name": "cpu"}}))
     plan.write_manifest(results_dir, small_plan)
 
 
@@ -115,7 +113,7 @@ def test_a_method_with_ct_d_is_compared_with_the_method_paired_by_seed(tmp_path,
     # mixout_ct_d 64, 66, 66 vs mixout 58, 63, 60: differences 6, 3, 6 (t = 5, 2 df);
     # against vanilla 60, 62, 64 (the usual Δ grid): 4, 4, 2.
     assert stats.loc[("mixout_ct_d", "rte"), "delta"] == pytest.approx(10 / 3)
-    obs = tables.observations(combined_plan, {r["path"]: r for r in records.read_records(tmp_path)})
+    obs = tables.observations(combined_plan, {r.path: r for r in records.read_records(tmp_path)})
     versus = tables.delta_versus(obs, "", "mixout_ct_d", "mixout", "rte")
     assert versus["delta"] == pytest.approx(5.0) and versus["n_pairs"] == 3
     assert versus["p_ttest_rel"] == pytest.approx(_p_two_sided_df2(5.0), rel=1e-6)
@@ -149,9 +147,8 @@ def test_failed_runs_are_counted_as_failed_not_as_results(tmp_path, small_plan):
     _write(tmp_path, small_plan, skip={("rte", "child_tuning_d", 3)})
     (run,) = [r for r in small_plan.runs if (r["identity"]["task"], r["identity"]["variant"],
                                              r["identity"]["seed"]) == ("rte", "child_tuning_d", 3)]
-    records.write_failure(tmp_path, {"identity": run["identity"], "reason": "diverged",
-                                     "error": "loss is nan at step 3",
-                                     "config": {"study": "main", "protocol": {"name": "cpu"}}})
+    records.write_failure(tmp_path, fake_failure(run["identity"], "diverged",
+                                                 "loss is nan at step 3"))
     stats, markdown = _aggregate(tmp_path)
     assert stats.loc[("child_tuning_d", "rte"), "n"] == 2
     assert "64.50 ± 2.12 (2/3)†" in markdown

@@ -7,6 +7,7 @@ import shlex
 import pandas as pd
 
 from childtune import aggregate, plan, records
+from fake_records import fake_record
 
 SWEEP = ["model=tiny", "task=rte", "variant=vanilla,child_tuning_d", "seed=1,2", "study=mine"]
 
@@ -23,11 +24,9 @@ def _write_from_commands(results_dir, jobs: list[list[str]], value=lambda ident:
     for job in jobs:
         config = plan.resolved(job)
         ident = records.identity(config)
-        records.write_record(results_dir, {
-            "status": "success", "identity": ident, "config": config,
-            "headline": {"metric": "accuracy", "split": "dev", "value": value(ident)},
-            "metrics": {"dev": {"accuracy": value(ident)}},
-            "command": "python -m childtune.train " + " ".join(shlex.quote(o) for o in job)})
+        records.write_record(results_dir, fake_record(
+            ident, value(ident), config=config,
+            command="python -m childtune.train " + " ".join(shlex.quote(o) for o in job)))
 
 
 def test_records_of_no_plan_are_tabulated_by_what_the_sweep_varied(tmp_path, capsys):

@@ -137,14 +137,14 @@ def test_torchrun_two_ranks_train_one_record_with_rank_0s_mask(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     [path] = records_under(results)
     record = records.read_record(path)
-    sync = record["distributed"]
+    sync = record.section("distributed")
     assert sync["world_size"] == WORLD and sync["ranks_identical"] and sync["backend"] == "gloo"
     [entry] = (results / "cache" / "masks").glob("*.npz")
     assert sync["masks_sha256"] == distributed.digest(variants.load_masks(entry)[0].values())
-    assert record["config"]["distributed"] == {"world_size": WORLD}
+    assert record.setting("distributed") == {"world_size": WORLD}
     one_process = records.identity(OmegaConf.to_container(compose_cfg(args), resolve=True))
-    assert record["identity"]["config_hash"] != one_process["config_hash"]
-    assert record["train"]["steps"] == 4  # 32 examples, global batch 16, 2 epochs
+    assert record.identity["config_hash"] != one_process["config_hash"]
+    assert record.train["steps"] == 4  # 32 examples, global batch 16, 2 epochs
 
 
 def test_sharded_batches_split_every_global_batch_and_drop_ones_too_small():

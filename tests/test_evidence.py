@@ -20,6 +20,7 @@ from childtune.reference_rows import majority_class
 from childtune.tasks import get_task
 
 from conftest import SHARED_DATA, compose, needs_data, run_cli
+from fake_records import fake_identity, fake_record
 
 
 def _holm_plainly(p_values):
@@ -129,12 +130,13 @@ def test_majority_class_scores_the_best_constant_prediction():
 
 
 def _reference(share=None, split="dev"):
-    return {"reference": {"majority_class": {split: {"share": share} if share else {}}}}
+    return fake_record(fake_identity(variant="reference"), None, split=split, reference={
+        "majority_class": {split: {"share": share} if share else {}}})
 
 
 def _run_record(metrics, n, headline="accuracy"):
-    return {"headline": {"split": "dev", "metric": headline}, "metrics": {"dev": metrics},
-            "data": {"sizes": {"dev": n}}}
+    return fake_record(fake_identity(), metrics[headline], headline, metrics={"dev": metrics},
+                       data={"sizes": {"dev": n}})
 
 
 def test_beating_the_majority_class_uses_closed_form_tests():
@@ -174,7 +176,7 @@ def test_a_reference_run_is_a_record_and_the_tables_show_it(tmp_path, tiny_data)
     assert record["reference"]["majority_class"]["dev"]["share"] == 0.5
     assert record["data"]["files"]["dev"] == "glue/RTE/dev.tsv"   # by name, not machine path
     assert set(record["data"]["sha256"]) == {"train", "dev"} and "source" not in record["data"]
-    recs = {r["path"]: r for r in records.read_records(tmp_path / "results")}
+    recs = {r.path: r for r in records.read_records(tmp_path / "results")}
     grid = evidence.reference_grid(recs, {"tiny"}, ["rte", "mrpc", "avg"])
     assert grid["header"] == ["reference (not a run)", "rte", "mrpc"]
     assert grid["rows"][0][1].startswith("50.00 (accuracy")
@@ -236,11 +238,8 @@ def test_the_tables_carry_the_corrected_tests(tmp_path):
     for run in small.runs:
         ident = run["identity"]
         value = values[ident["variant"]][ident["seed"] - 1]
-        records.write_record(tmp_path, {
-            "status": "success", "identity": ident,
-            "config": {"study": "main", "protocol": {"name": "cpu"}},
-            "headline": {"metric": "accuracy", "split": "dev", "value": value},
-            "metrics": {"dev": {"accuracy": value}}})
+        records.write_record(tmp_path, fake_record(
+            ident, value, config={"study": "main", "protocol": {"name": "cpu"}}))
     plan.write_manifest(tmp_path, small)
     aggregate.run([f"results_dir={tmp_path}", "figures=false"])
     markdown = (tmp_path / "tables" / "main.md").read_text()
@@ -270,18 +269,14 @@ def test_where_vanilla_learns_is_read_from_the_records(tmp_path):
     for run in sizes.runs:
         ident = run["identity"]
         value = accuracy[(ident["n_train"], ident["seed"])] / 277
-        records.write_record(tmp_path, {
-            "status": "success", "identity": ident, "data": {"sizes": {"dev": 277}},
-            "headline": {"metric": "accuracy", "split": "dev", "value": value},
-            "metrics": {"dev": {"accuracy": value}}})
+        records.write_record(tmp_path, fake_record(ident, value, data={"sizes": {"dev": 277}}))
     reference = {**sizes.runs[0]["identity"], "variant": "reference", "n_train": None}
-    records.write_record(tmp_path, {
-        "status": "success", "identity": reference, "finished_at": "2026",
-        "headline": {"metric": "accuracy", "split": "dev", "value": 146 / 277},
-        "reference": {"majority_class": {"dev": {"prediction": "not_entailment",
-                                                 "share": 146 / 277,
-                                                 "metrics": {"accuracy": 146 / 277}}}}})
-    recs = {r["path"]: r for r in records.read_records(tmp_path)}
+    records.write_record(tmp_path, fake_record(
+        reference, 146 / 277, finished_at="2026",
+        reference={"majority_class": {"dev": {"prediction": "not_entailment",
+                                              "share": 146 / 277,
+                                              "metrics": {"accuracy": 146 / 277}}}}))
+    recs = {r.path: r for r in records.read_records(tmp_path)}
     found = evidence.learnable_sizes(sizes, recs).set_index("n_train")
     # 150/277 is not above 146/277 at 5% (one seed fails); 175 and 180 of 277 are
     assert not found.loc[250, "learns"] and found.loc[500, "learns"]

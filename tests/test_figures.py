@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from childtune import aggregate, figures, plan, record_plots, records, tables
+from fake_records import fake_identity, fake_record
 
 matplotlib.use("Agg")
 
@@ -23,19 +24,16 @@ def p_sweep_plan():
     return plan.make_plan(P_SWEEP)
 
 
-def run_record(ident: dict, value: float, study: str, **extra) -> dict:
+def run_record(ident: dict, value: float, study: str, **extra) -> records.RunRecord:
     metric = "f1" if ident["task"] == "mrpc" else "accuracy"
-    return {"status": "success", "identity": ident,
-            "config": {"study": study, "protocol": {"name": "cpu"}, **extra.pop("config", {})},
-            "headline": {"metric": metric, "split": "dev", "value": value},
-            "metrics": {"dev": {metric: value}}, **extra}
+    config = {"study": study, "protocol": {"name": "cpu"}, **extra.pop("config", {})}
+    return fake_record(ident, value, metric, config=config, **extra)
 
 
-def reference_record(model: str, task: str = "mrpc") -> dict:
+def reference_record(model: str, task: str = "mrpc") -> records.RunRecord:
     """The majority-class record of reference_rows (mrpc: always 'paraphrase')."""
-    ident = {"study": "reference_rows", "model": model, "task": task, "variant": "reference",
-             "p": None, "seed": 1, "n_train": None, "lr": None, "regularizer": "none",
-             "config_hash": "feedc0ffee"}
+    ident = fake_identity(study="reference_rows", model=model, task=task, variant="reference",
+                          lr=None, config_hash="feedc0ffee")
     return run_record(ident, MAJORITY_F1, "reference_rows", reference={"majority_class": {
         "dev": {"prediction": "1", "share": 0.68, "metrics": {"f1": MAJORITY_F1}}}})
 
@@ -49,7 +47,7 @@ def write_p_sweep(results, planned, kept: int = 12) -> dict:
         records.write_record(results, run_record(run["identity"], 0.6 + i / 100, "p_sweep"))
     records.write_record(results, reference_record(planned.runs[0]["identity"]["model"]))
     plan.write_manifest(results, planned)
-    return {r["path"]: r for r in records.read_records(results)}
+    return {r.path: r for r in records.read_records(results)}
 
 
 def texts(fig) -> str:
@@ -152,13 +150,13 @@ def test_the_overlap_figure_is_rebuilt_from_the_cache_or_says_why_not(tmp_path, 
     assert figure.read_bytes() == before
 
 
-def seed_records(cells: int) -> list[dict]:
+def seed_records(cells: int) -> list[records.RunRecord]:
     out = []
     for cell, seed in itertools.product(range(cells), (1, 2, 3)):
-        ident = {"model": "minilm", "task": "rte", "variant": ("vanilla", "child_tuning_d")[
-            cell % 2], "lr": [1e-5, 2e-5, 5e-5, 1e-4][cell // 2 % 4], "p": 0.3,
-            "n_train": [100, 300, 1000][cell // 8 % 3], "regularizer": "none", "seed": seed,
-            "config_hash": f"{cell:010d}"}
+        ident = fake_identity(
+            model="minilm", variant=("vanilla", "child_tuning_d")[cell % 2],
+            lr=[1e-5, 2e-5, 5e-5, 1e-4][cell // 2 % 4], p=0.3,
+            n_train=[100, 300, 1000][cell // 8 % 3], seed=seed, config_hash=f"{cell:010d}")
         out.append(run_record(ident, 0.5 + seed / 100, "adhoc"))
     return out
 
@@ -176,10 +174,10 @@ def test_the_seed_plot_labels_never_overlap():
 def test_training_curves_plot_the_history_of_the_records_that_have_one():
     recs = seed_records(2)
     for i, r in enumerate(recs[:3]):
-        r["history"] = {"train": {"loss": list(np.linspace(0.7, 0.3 + i / 10, 50)),
-                                  "lr": list(np.linspace(1e-4, 0, 50))},
-                        "eval": {"step": [25, 50], "dev": {"loss": [0.6, 0.5],
-                                                           "accuracy": [0.55, 0.6]}}}
+        recs[i] = r.adding(history={
+            "train": {"loss": list(np.linspace(0.7, 0.3 + i / 10, 50)),
+                      "lr": list(np.linspace(1e-4, 0, 50))},
+            "eval": {"step": [25, 50], "dev": {"loss": [0.6, 0.5], "accuracy": [0.55, 0.6]}}})
     fig = record_plots.training_curves(recs)  # the other three records have none
     loss, lr, dev = fig.axes
     assert "training loss" in loss.get_title() and "learning rate (1 schedules)" in lr.get_title()

@@ -25,8 +25,8 @@ import childtune
 PACKAGE = Path(childtune.__file__).resolve().parent
 STUDY = {"plan", "progress", "aggregate", "tables", "figures", "evidence", "wandb_tables",
          "record_plots"}
-SHARED = {"__init__", "atomic", "cli", "errors", "records", "config_keys", "checkpoints", "jobs",
-          "loggers"}
+SHARED = {"__init__", "atomic", "cli", "errors", "records", "run_record", "config_keys",
+          "checkpoints", "jobs", "loggers"}
 FORBIDDEN_IN_STUDY = {"torch", "transformers"}
 
 

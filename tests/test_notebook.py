@@ -10,13 +10,14 @@ from nbclient import NotebookClient
 from omegaconf import OmegaConf
 
 from childtune import records
+from fake_records import fake_record
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "analysis.ipynb"
 
 
 def fixture_record(task: str, variant: str, seed: int, value: float,
-                   history: bool = False) -> dict:
+                   history: bool = False) -> records.RunRecord:
     """A record shaped as train.run writes it, for a tiny-model config (with `history`, as
     written since the per-step history exists)."""
     with initialize_config_dir(config_dir=str(REPO / "src" / "childtune" / "conf"), version_base="1.3"):
@@ -36,14 +37,13 @@ def fixture_record(task: str, variant: str, seed: int, value: float,
     extra = {"history": {"train": {"loss": [0.7 - step / 100 for step in range(12)],
                                    "lr": [1e-4 * (1 - step / 12) for step in range(12)]}},
              "eval_loss": {"dev": 0.65}} if history else {}
-    return {**extra, "status": "success", "identity": records.identity(config), "config": config,
-            "metrics": {"dev": {metric: value}},
-            "headline": {"metric": metric, "split": "dev", "value": value}, "mask": mask,
-            "train": {"steps": 4, "examples": 64, "last_loss": 0.69, "warmup_steps": 0},
-            "timings": {"train_seconds": 1.0, "eval_seconds": 0.5, "fisher_seconds": 0.0},
-            "logger": ({"name": "wandb", "mode": "offline", "id": f"abc{seed}",
-                        "dir": f"wandb/offline-run-x-abc{seed}", "project": "childtune-adhoc",
-                        "group": "g"} if seed == 1 else None)}
+    return fake_record(
+        records.identity(config), value, metric, config=config, **extra, mask=mask,
+        train={"steps": 4, "examples": 64, "last_loss": 0.69, "warmup_steps": 0},
+        timings={"train_seconds": 1.0, "eval_seconds": 0.5, "fisher_seconds": 0.0},
+        logger=({"name": "wandb", "mode": "offline", "id": f"abc{seed}",
+                 "dir": f"wandb/offline-run-x-abc{seed}", "project": "childtune-adhoc",
+                 "group": "g"} if seed == 1 else None))
 
 
 def write_fixture(results: Path, history: bool = True) -> None:

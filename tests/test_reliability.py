@@ -81,11 +81,11 @@ def test_a_later_success_replaces_the_failure_and_a_failed_rerun_keeps_the_succe
         guarded(cfg, out_of_memory)
     failed = records.failure_path(results, ident)
     assert json.loads(failed.read_text())["reason"] == "out_of_memory"
-    assert [r["status"] for r in records.read_records(results)] == ["failed"]
+    assert [r.status for r in records.read_records(results)] == ["failed"]
 
     guarded(cfg)  # the same run, now succeeding
     assert not failed.exists()
-    assert [r["status"] for r in records.read_records(results)] == ["success"]
+    assert [r.status for r in records.read_records(results)] == ["success"]
     success = records.record_path(results, ident)
     before = success.read_text()
     capsys.readouterr()
@@ -102,7 +102,7 @@ def test_the_basic_launcher_runs_every_job_when_one_fails(tmp_path, data_dir):
     args = overrides(data_dir, results, *DIVERGES, "trainer.lr=1e30,1e-4")
     done = train_cli(["-m", *args], cwd=tmp_path)
     assert done.returncode == 1, done.stderr
-    statuses = sorted(records.read_record(p)["status"] for p in records_under(results))
+    statuses = sorted(records.read_record(p).status for p in records_under(results))
     assert statuses == ["failed", "success"]  # the failing job came first; the sweep went on
     assert len([l for l in done.stderr.splitlines() if l.startswith("failed: ")]) == 1
 
@@ -118,9 +118,9 @@ def test_two_parallel_joblib_jobs_share_a_mask_and_a_failure_does_not_stop_the_o
                                  "trainer.lr=1e30,1e-4") if not a.startswith("runtime.threads")]
     done = train_cli(["-m", "hydra/launcher=parallel", *args], cwd=tmp_path)
     assert done.returncode == 1, done.stderr
-    by_status = {r["status"]: r for r in map(records.read_record, records_under(results))}
+    by_status = {r.status: r for r in map(records.read_record, records_under(results))}
     assert sorted(by_status) == ["failed", "success"]
-    assert by_status["success"]["environment"]["torch_threads"] == max(1, cpu_count() // 2)
+    assert by_status["success"].environment["torch_threads"] == max(1, cpu_count() // 2)
     entries = list((results / "cache" / "masks").iterdir())
     assert [e.suffix for e in entries] == [".npz"]  # one complete entry, no temp files
     masks, _ = variants.load_masks(entries[0])
@@ -185,10 +185,10 @@ def test_a_killed_parallel_job_is_recorded_as_failed_and_the_sweep_goes_on(tmp_p
     os.kill(first, signal.SIGKILL)  # the job of seed=1
     out, err = sweep.communicate(timeout=600)
     assert sweep.returncode == 1, err
-    by_seed = {r["identity"]["seed"]: r for r in records.read_records(tmp_path / "results")}
-    assert {s: r["status"] for s, r in by_seed.items()} == {1: "failed", 2: "success",
-                                                           3: "success"}
-    assert by_seed[1]["reason"] == "killed" and "SIGKILL" in by_seed[1]["error"]
+    by_seed = {r.identity["seed"]: r for r in records.read_records(tmp_path / "results")}
+    assert {s: r.status for s, r in by_seed.items()} == {1: "failed", 2: "success",
+                                                        3: "success"}
+    assert by_seed[1].reason == "killed" and "SIGKILL" in by_seed[1].error
     assert "parallel: 3 jobs, 2 finished, 1 failed" in err
     assert "seed=1" in err.split("parallel: 3 jobs")[1]
 
@@ -296,8 +296,8 @@ def _hammer(writer: int, folder: str, rounds: int) -> None:
     for i in range(rounds):
         masks = {"w": torch.rand(300, 200, generator=generator) < 0.3}
         variants.save_masks(entry, masks, {"writer": writer, "round": i})
-        records.write_json_atomic(record, {"status": "success", "writer": writer, "round": i,
-                                           "payload": list(range(20_000))})
+        records.write_json_atomic(record, {"status": "success", "identity": {}, "writer": writer,
+                                           "round": i, "payload": list(range(20_000))})
 
 
 def test_two_processes_writing_one_record_and_one_cache_entry_never_clobber(tmp_path):
@@ -309,7 +309,7 @@ def test_two_processes_writing_one_record_and_one_cache_entry_never_clobber(tmp_
     reads = 0
     while any(w.is_alive() for w in writers):
         if record.exists() and entry.exists():
-            assert records.read_record(record)["payload"][-1] == 19_999
+            assert records.read_record(record).raw["payload"][-1] == 19_999
             masks, meta = variants.load_masks(entry)
             assert masks["w"].shape == (300, 200) and meta["writer"] in (0, 1)
             reads += 1
@@ -317,7 +317,7 @@ def test_two_processes_writing_one_record_and_one_cache_entry_never_clobber(tmp_
         w.join()
         assert w.exitcode == 0
     assert reads > 0
-    assert records.read_record(record)["round"] == 59
+    assert records.read_record(record).raw["round"] == 59
     assert variants.load_masks(entry)[1]["round"] == 59
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".tmp"]
     assert leftovers == []

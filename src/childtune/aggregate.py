@@ -24,6 +24,7 @@ from . import cli, evidence, records, tables
 from .atomic import atomic_file
 from .errors import UserError
 from .plan import Plan
+from .records import RunRecord
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parent / "reference" / "paper.yaml"
 METHOD = ("Scores x100: each task's headline metric (the record's `headline`; a domain-transfer "
@@ -75,10 +76,10 @@ def choose_plans(plans: list[Plan], found: set[str]) -> list[Plan]:
     return keep
 
 
-def all_plans(results_dir, recs: dict[str, dict]) -> list[Plan]:
+def all_plans(results_dir, recs: dict[str, RunRecord]) -> list[Plan]:
     plans = plans_mod.read_manifests(results_dir)
     named = {r["path"] for p in plans for r in [*p.runs, *p.sources]}
-    wanted = {(r["config"].get("study"), (r["config"].get("protocol") or {}).get("name"))
+    wanted = {(r.setting("study"), r.setting("protocol.name"))
               for path, r in recs.items() if path not in named}
     for study, protocol in sorted(wanted, key=str):
         if study in plans_mod.studies():
@@ -86,7 +87,7 @@ def all_plans(results_dir, recs: dict[str, dict]) -> list[Plan]:
             plans.append(plans_mod.cached_plan(results_dir, launch))
     return plans + plans_mod.records_plans(
         [r for path, r in recs.items() if path not in named
-         and r["config"].get("study") not in plans_mod.studies()])
+         and r.setting("study") not in plans_mod.studies()])
 
 
 def _slugs(plans: list[Plan]) -> dict[str, str]:
@@ -98,11 +99,11 @@ def _slugs(plans: list[Plan]) -> dict[str, str]:
                      else f"{p.protocol or 'none'}-{p.digest}") for p in plans}
 
 
-def runs_frame(recs: list[dict]) -> pd.DataFrame:
+def runs_frame(recs: list[RunRecord]) -> pd.DataFrame:
     """One row per run record (success or failure): its identity, status, headline and path."""
-    rows = [{**r["identity"], "status": r.get("status"), "path": r.get("path"),
-             "headline_metric": (r.get("headline") or {}).get("metric"),
-             "headline": (r.get("headline") or {}).get("value")} for r in recs]
+    rows = [{**r.identity, "status": r.status, "path": r.path,
+             "headline_metric": r.headline.metric if r.headline else None,
+             "headline": r.headline.value if r.headline else None} for r in recs]
     return pd.DataFrame(rows)
 
 
@@ -314,7 +315,7 @@ def run(argv: list[str]) -> None:
     if options["readme"]:
         read_readme(Path(options["readme"]))  # a malformed file stops us before any work
     reference = load_reference(options["reference"])
-    recs = {r["path"]: r for r in records.read_records(results_dir)}
+    recs = {r.path: r for r in records.read_records(results_dir)}
     plans = all_plans(results_dir, recs)
     chosen = choose_plans(plans, set(recs))
     slugs = _slugs(chosen)

@@ -27,6 +27,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .records import RunRecord
 from .tables import BASELINE, BEFORE_PRUNE, DAGGER, fmt_number, fmt_p, fmt_value, seed_series
 
 ALPHA = 0.05
@@ -156,36 +157,36 @@ def tests_grid(tests: pd.DataFrame, panel: str) -> dict | None:
 
 # ---------------------------------------------------------------- reference rows
 
-def reference_records(recs: dict[str, dict], model: str) -> dict[str, dict]:
+def reference_records(recs: dict[str, RunRecord], model: str) -> dict[str, RunRecord]:
     """task -> the latest reference record of this model."""
-    found: dict[str, dict] = {}
+    found: dict[str, RunRecord] = {}
     for record in recs.values():
-        ident = record.get("identity") or {}
-        if (record.get("status") == "success" and ident.get("variant") == REFERENCE_VARIANT
-                and ident.get("model") == model and "reference" in record):
+        ident = record.identity
+        if (record.succeeded and ident.get("variant") == REFERENCE_VARIANT
+                and ident.get("model") == model and record.has("reference")):
             task = ident["task"]
-            if task not in found or record.get("finished_at", "") > found[task].get(
-                    "finished_at", ""):
+            if task not in found or (record.finished_at or "") > (found[task].finished_at or ""):
                 found[task] = record
     return found
 
 
-def _reference_text(record: dict | None, row: str) -> str:
+def _reference_text(record: RunRecord | None, row: str) -> str:
     if record is None:
         return "— (not run)"
-    headline = record["headline"]
-    part = (record["reference"].get(row) or {}).get(headline["split"])
+    headline = record.headline
+    part = record.reference_row(row, headline.split)
     if part is None:
         return "n/a"
-    value = part["metrics"].get(headline["metric"])
+    value = part["metrics"].get(headline.metric)
     if value is None:
         return "undefined (constant prediction)"
     share = (f"; label {part['prediction']!r} = {100 * part['share']:.2f}% of dev"
              if "share" in part else "")
-    return f"{100 * value:.2f} ({headline['metric']}{share})"
+    return f"{100 * value:.2f} ({headline.metric}{share})"
 
 
-def reference_grid(recs: dict[str, dict], models: set[str], columns: list[str]) -> dict | None:
+def reference_grid(recs: dict[str, RunRecord], models: set[str],
+                   columns: list[str]) -> dict | None:
     """The majority-class and zero-shot rows for the table's task columns (not our runs)."""
     tasks = [c for c in columns if c != "avg" and "→" not in c]
     if len(models) != 1 or not tasks:
@@ -193,11 +194,11 @@ def reference_grid(recs: dict[str, dict], models: set[str], columns: list[str]) 
     found = reference_records(recs, next(iter(models)))
     rows = [["majority class (dev set; no model)", *(_reference_text(found.get(t), "majority_class")
                                                       for t in tasks)]]
-    if any("zero_shot_cosine" in (found.get(t) or {}).get("reference", {}) for t in tasks):
+    zero_shot = {t for t in tasks if t in found and "zero_shot_cosine" in found[t].reference}
+    if zero_shot:
         rows.append(["zero-shot cosine (pretrained embeddings, no training)",
-                     *(_reference_text(found.get(t), "zero_shot_cosine")
-                       if "zero_shot_cosine" in (found.get(t) or {}).get("reference", {})
-                       else "" for t in tasks)])
+                     *(_reference_text(found[t], "zero_shot_cosine") if t in zero_shot else ""
+                       for t in tasks)])
     return {"header": ["reference (not a run)", *tasks], "rows": rows}
 
 
@@ -242,17 +243,17 @@ def rates_grid(chosen: pd.DataFrame, panel: str) -> dict | None:
 
 # ---------------------------------------------------------------- where vanilla learns
 
-def beats_majority_p(record: dict, reference: dict) -> float:
+def beats_majority_p(record: RunRecord, reference: RunRecord) -> float:
     """One-sided p-value of "this run beats the majority class on the dev set": accuracy against
     the majority share (exact binomial test) when the record has accuracy; else MCC > 0 (for a
     binary task n * MCC^2 is the chi-squared statistic of independence, 1 df); for regression
     Pearson r > 0 (t = r sqrt(n-2) / sqrt(1-r^2), n-2 df)."""
     from scipy import stats
 
-    split = record["headline"]["split"]
-    metrics = record["metrics"][split]
-    n = record["data"]["sizes"][split]
-    majority = reference["reference"]["majority_class"][split]
+    split = record.headline.split
+    metrics = record.metrics[split]
+    n = record.split_size(split)
+    majority = reference.reference_row("majority_class", split)
     if metrics.get("accuracy") is not None and "share" in majority:
         k = round(metrics["accuracy"] * n)
         return float(stats.binomtest(k, n, majority["share"], alternative="greater").pvalue)
@@ -268,7 +269,7 @@ def beats_majority_p(record: dict, reference: dict) -> float:
     return float(stats.t.sf(r * math.sqrt(n - 2) / math.sqrt(1 - r * r), n - 2))
 
 
-def learnable_sizes(plan, recs: dict[str, dict]) -> pd.DataFrame:
+def learnable_sizes(plan, recs: dict[str, RunRecord]) -> pd.DataFrame:
     """Per (task, n_train): the largest one-sided p over the vanilla seeds (each run against the
     majority class), whether every planned seed has a record, and `learns` (all p < ALPHA)."""
     rows = []

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .evidence import reference_records
+from .records import RunRecord
 from .tables import BEFORE_PRUNE
 
 
@@ -55,11 +56,11 @@ def majority_class(recs: dict, model: str, task: str) -> tuple[float | None, str
     record = reference_records(recs, model).get(task)
     if record is None:
         return None, f"{task}: no reference record for {model} (experiment=reference_rows)"
-    headline = record["headline"]
-    part = record["reference"]["majority_class"].get(headline["split"]) or {}
-    value = (part.get("metrics") or {}).get(headline["metric"])
+    headline = record.headline
+    part = record.reference_row("majority_class", headline.split) or {}
+    value = (part.get("metrics") or {}).get(headline.metric)
     if value is None:
-        return None, f"{task}: undefined ({headline['metric']} of a constant prediction)"
+        return None, f"{task}: undefined ({headline.metric} of a constant prediction)"
     return 100 * value, f"{task} {100 * value:.1f} (always {part.get('prediction')!r})"
 
 
@@ -133,20 +134,19 @@ def _label(ax, labels: list[tuple], gap: float = 8) -> None:
                         fontsize=6, color=color).set_in_layout(False)
 
 
-def _d_records(plan, recs: dict) -> list[dict]:
+def _d_records(plan, recs: dict) -> list[RunRecord]:
     return [recs[r["path"]] for r in plan.runs
             if r["identity"]["variant"] == "child_tuning_d" and r["path"] in recs]
 
 
 def kept_per_layer(plan, recs: dict, title: str, path: Path) -> Path | None:
-    found = [r for r in _d_records(plan, recs) if (r.get("mask") or {}).get("statistics")]
+    found = [r for r in _d_records(plan, recs) if r.kept_per_layer is not None]
     if not found:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for task in dict.fromkeys(r["identity"]["task"] for r in found):
-        per_layer = [r["mask"]["statistics"]["per_layer"] for r in found
-                     if r["identity"]["task"] == task]
+    for task in dict.fromkeys(r.identity["task"] for r in found):
+        per_layer = [r.kept_per_layer for r in found if r.identity["task"] == task]
         layers = sorted((k for k in per_layer[0] if k.isdigit()), key=int)
         values = np.array([[pl[k] for k in layers] for pl in per_layer])
         ax.errorbar([int(k) for k in layers], values.mean(0), yerr=values.std(0), marker="o",
@@ -161,8 +161,8 @@ def kept_per_layer(plan, recs: dict, title: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def _p(found: list[dict], task: str):
-    return next(r["identity"]["p"] for r in found if r["identity"]["task"] == task)
+def _p(found: list[RunRecord], task: str):
+    return next(r.identity["p"] for r in found if r.identity["task"] == task)
 
 
 def read_mask_bits(path: Path) -> np.ndarray:
@@ -182,16 +182,15 @@ def overlap(plan, recs: dict, title: str, path: Path) -> Path | None:
     masks: dict[str, dict[int, np.ndarray]] = {}
     layouts, p_of, runs, where = set(), {}, _d_records(plan, recs), set()
     for r in runs:
-        key = (r.get("mask") or {}).get("cache_key")
-        cache = (r["config"].get("runtime") or {}).get("cache_dir")
+        key, cache = r.mask_cache_key, r.setting("runtime.cache_dir")
         where.add(str(Path(cache) / "masks") if cache else "no runtime.cache_dir")
         file = Path(cache) / "masks" / f"{key}.npz" if key and cache else None
         if file is None or not file.is_file():
             continue
         bits, layout = read_mask_bits(file)
         layouts.add(layout)
-        masks.setdefault(r["identity"]["task"], {})[r["identity"]["seed"]] = bits
-        p_of[r["identity"]["task"]] = r["identity"]["p"]
+        masks.setdefault(r.identity["task"], {})[r.identity["seed"]] = bits
+        p_of[r.identity["task"]] = r.identity["p"]
     if not runs:
         return None
     tasks, found = list(masks), sum(map(len, masks.values()))

@@ -55,18 +55,15 @@ def _torch_oom():
     return getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
 
 
-def failure_record(config: dict, exc: BaseException, command: str) -> dict:
-    return {
-        "status": "failed",
-        "identity": records.identity(config),
-        "config": config,
-        "reason": failure_reason(exc),
-        "error": f"{type(exc).__name__}: {exc}",
-        "traceback": traceback.format_exception(exc)[-12:],
-        "environment": records.environment(),
-        "command": command,
-        "failed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+def failure_record(config: dict, exc: BaseException, command: str) -> records.RunRecord:
+    return records.build(
+        "failed", records.identity(config), config,
+        reason=failure_reason(exc),
+        error=f"{type(exc).__name__}: {exc}",
+        traceback=traceback.format_exception(exc)[-12:],
+        environment=records.environment(),
+        command=command,
+        failed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 def record_failure(config: dict, exc: BaseException, command: str) -> str:
@@ -74,7 +71,7 @@ def record_failure(config: dict, exc: BaseException, command: str) -> str:
     ident = records.identity(config)
     record = failure_record(config, exc, command)
     head = (f"failed: {ident['model']} {ident['task']} {ident['variant']} seed={ident['seed']}: "
-            f"{record['reason']} ({record['error'].splitlines()[0][:200]})")
+            f"{record.reason} ({record.error.splitlines()[0][:200]})")
     if not distributed.is_main():
         return f"{head} (rank 0 writes the failure record)"
     try:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .records import RunRecord
 
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -24,7 +25,7 @@ class NullLogger:
         """After an evaluation (every `trainer.eval_every` steps, and the final one): metrics
         and mean loss per eval split."""
 
-    def log_record(self, record: dict) -> None:
+    def log_record(self, record: RunRecord) -> None:
         """Once, with the finished record (metrics, mask statistics, timings)."""
 
     def info(self) -> dict | None:
@@ -73,19 +74,18 @@ def run_names(ident: dict, project: str, tags=()) -> dict:
     }
 
 
-def record_values(record: dict) -> dict:
+def record_values(record: RunRecord) -> dict:
     """The finished record as flat wandb keys (its numbers, named by their place in the
     record), plus the Fisher histogram as a (counts, edges) pair."""
     out = {}
     sections = {"eval_before_prune": "metrics_before_prune", "mask": "mask", "time": "timings",
                 "train": "train", "parameters": "parameters"}
     for prefix, key in sections.items():
-        _flatten(prefix, record.get(key) or {}, out)
-    out.update(eval_values(record.get("metrics") or {}, record.get("eval_loss") or {}))
-    headline = record.get("headline") or {}
-    if headline.get("value") is not None:
-        out[f"headline/{headline['metric']}"] = headline["value"]
-    histogram = (record.get("mask") or {}).get("fisher_log10_histogram")
+        _flatten(prefix, record.section(key) or {}, out)
+    out.update(eval_values(record.metrics, record.eval_loss))
+    if record.headline_value() is not None:
+        out[f"headline/{record.headline.metric}"] = record.headline.value
+    histogram = record.fisher_histogram
     if histogram and histogram["counts"]:
         out["fisher/log10_histogram"] = (histogram["counts"], histogram["edges"])
         out["fisher/zeros"] = histogram["zeros"]
@@ -169,7 +169,7 @@ class WandbLogger(NullLogger):
             import wandb
 
             self._guard(lambda: self.run.log({"fisher/log10_histogram": wandb.Histogram(
-                np_histogram=histogram)}, step=record["train"]["steps"]))
+                np_histogram=histogram)}, step=record.train["steps"]))
 
     def info(self) -> dict:
         """The run's folder is kept relative to results_dir when it lies inside it."""

@@ -177,17 +177,17 @@ def _relative(ident: dict) -> str:
     return str(records.record_path("", ident))
 
 
-def records_plans(recs: list[dict]) -> list[Plan]:
+def records_plans(recs: list[records.RunRecord]) -> list[Plan]:
     """Plans rebuilt from records that no saved plan names (a sweep of no study, single runs):
     one per study, protocol and set of command-line keys, each run's overrides read back from
     its record's command, so the table lays out what the sweep varied. Such a plan names only
     the runs that left a record: nothing is counted as missing."""
     groups: dict[tuple, dict[str, dict]] = {}
     for rec in recs:
-        tokens = shlex.split(rec.get("command") or "")[3:]  # python -m childtune.train ...
+        tokens = shlex.split(rec.command or "")[3:]  # python -m childtune.train ...
         job = [t for t in tokens if "=" in t and _plan_key(t.split("=", 1)[0])]
-        ident = rec["identity"]
-        key = (ident.get("study") or "adhoc", (rec["config"].get("protocol") or {}).get("name"),
+        ident = rec.identity
+        key = (ident.get("study") or "adhoc", rec.setting("protocol.name"),
                tuple(sorted(t.split("=", 1)[0] for t in job)))
         groups.setdefault(key, {})[_relative(ident)] = {
             "overrides": keyed(job), "identity": ident, "path": _relative(ident),

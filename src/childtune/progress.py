@@ -47,7 +47,7 @@ def _optimizer_speedup(config: dict) -> float:
 def done(path: Path) -> bool:
     """A run is done when its success record is there and readable (a file cut short is a
     UserError naming it, as in train)."""
-    return path.is_file() and records.read_record(path)["status"] == "success"
+    return path.is_file() and records.read_record(path).succeeded
 
 
 def missing_runs(results_dir, runs: list[dict], sources: list[dict]) -> tuple[list, list]:

@@ -25,7 +25,7 @@ MODELS = "models"
 @dataclass
 class CtdRun:
     ident: dict                # the identity of the CT_D run that a prune run prunes
-    record: dict | None        # its success record, if written
+    record: records.RunRecord | None  # its success record, if written
     model_path: Path | None    # its kept trained model, when both exist
 
 
@@ -54,7 +54,7 @@ def ct_d_run(config: dict) -> CtdRun | None:
     ident = records.identity(ct_d_config(config))
     record_file = records.record_path(config["results_dir"], ident)
     record = records.read_record(record_file) if record_file.exists() else None
-    if record is not None and record["status"] != "success":
+    if record is not None and not record.succeeded:
         record = None
     cache_dir = config["runtime"].get("cache_dir")
     model_path = checkpoints.path(cache_dir, MODELS, ident) if cache_dir else None
@@ -77,16 +77,16 @@ def load_trained(model, ct_d: CtdRun) -> dict:
     if misfit:
         raise UserError(f"the kept CT_D model {ct_d.model_path} does not fit this model "
                         f"({misfit[:3]}); delete it (the prune run then trains its own)")
-    train = ct_d.record["train"]
+    train = ct_d.record.train
     return {**{k: train[k] for k in ("steps", "examples", "last_loss", "batch_order_sha256")},
             "skipped_steps": train.get("skipped_steps", 0), "seconds": 0.0,
-            "examples_per_s": None, "history": (ct_d.record.get("history") or {}).get("train")}
+            "examples_per_s": None, "history": ct_d.record.train_curve}
 
 
 def summary(ct_d: CtdRun, metrics_before_prune: dict) -> dict:
     """What the prune record says about its model."""
     as_written = json.loads(json.dumps(records.clean_json(metrics_before_prune)))
-    same = None if ct_d.record is None else as_written == ct_d.record["metrics"]
+    same = None if ct_d.record is None else as_written == ct_d.record.metrics
     return {"ct_d_record": str(records.record_path("", ct_d.ident)),
             "model": "kept CT_D model" if ct_d.model_path else "trained here",
             "before_prune_equals_ct_d_record": same}

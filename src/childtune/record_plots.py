@@ -1,5 +1,5 @@
 """Plots of what single run records hold, for notebooks/analysis.ipynb (matplotlib, no torch):
-the training curves of the per-step history (`record["history"]`: the loss and learning rate
+the training curves of the per-step history (`record.train_curve`: the loss and learning rate
 of every optimizer step, and the dev-set curve of runs with `trainer.eval_every`), and the
 spread of the seeds of each table cell. Records written before the history existed have none:
 the curves leave them out (and return None when no record has one)."""
@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
+
+from .records import RunRecord
 
 MAX_LEGEND = 8
 
@@ -20,8 +22,8 @@ def _pyplot():
     return plt
 
 
-def _history(record: dict) -> dict:
-    return (record.get("history") or {}) if record.get("status") == "success" else {}
+def _train_curve(record: RunRecord) -> dict:
+    return (record.train_curve or {}) if record.succeeded else {}
 
 
 def smooth(values, window: int) -> np.ndarray:
@@ -33,29 +35,29 @@ def smooth(values, window: int) -> np.ndarray:
     return (sums[ends] - sums[starts]) / (ends - starts)
 
 
-def _by(records: list[dict], *keys: str) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
+def _by(records: list[RunRecord], *keys: str) -> dict[tuple, list[RunRecord]]:
+    out: dict[tuple, list[RunRecord]] = {}
     for r in records:
-        out.setdefault(tuple(r["identity"][k] for k in keys), []).append(r)
+        out.setdefault(tuple(r.identity[k] for k in keys), []).append(r)
     return out
 
 
-def _colors(records: list[dict]) -> dict[str, str]:
+def _colors(records: list[RunRecord]) -> dict[str, str]:
     """A colour per variant, in order of appearance."""
     return {v: f"C{i % 10}" for i, v in enumerate(dict.fromkeys(
-        r["identity"]["variant"] for r in records))}
+        r.identity["variant"] for r in records))}
 
 
-def training_curves(records: list[dict]):
+def training_curves(records: list[RunRecord]):
     """A row per (model, task): training loss against step (each run faint, smoothed over 2%
     of its steps; bold: the mean of a variant's runs of the most common length), the
     learning-rate schedules, and the dev-set headline metric where runs evaluated every
     `trainer.eval_every` steps. None when no record has a per-step history."""
-    runs = [r for r in records if (_history(r).get("train") or {}).get("loss")]
+    runs = [r for r in records if _train_curve(r).get("loss")]
     if not runs:
         return None
     plt = _pyplot()
-    with_eval = any(_history(r).get("eval") for r in runs)
+    with_eval = any(r.eval_curve for r in runs)
     panels = _by(runs, "model", "task")
     colors = _colors(runs)
     fig, axes = plt.subplots(len(panels), 2 + with_eval, squeeze=False,
@@ -72,9 +74,9 @@ def training_curves(records: list[dict]):
     return fig
 
 
-def _loss_panel(ax, runs: list[dict], colors: dict) -> None:
+def _loss_panel(ax, runs: list[RunRecord], colors: dict) -> None:
     for (variant,), part in _by(runs, "variant").items():
-        losses = [_history(r)["train"]["loss"] for r in part]
+        losses = [r.train_curve["loss"] for r in part]
         for loss in losses:
             ax.plot(range(1, len(loss) + 1), smooth(loss, max(1, len(loss) // 50)),
                     color=colors[variant], alpha=0.25, lw=0.7)
@@ -86,8 +88,8 @@ def _loss_panel(ax, runs: list[dict], colors: dict) -> None:
     ax.legend(fontsize=7)
 
 
-def _lr_panel(ax, runs: list[dict]) -> None:
-    schedules = Counter(tuple(_history(r)["train"]["lr"]) for r in runs)
+def _lr_panel(ax, runs: list[RunRecord]) -> None:
+    schedules = Counter(tuple(r.train_curve["lr"]) for r in runs)
     for schedule, n in schedules.items():
         ax.plot(range(1, len(schedule) + 1), schedule, lw=1.2,
                 label=f"peak {max(schedule):.3g}, {len(schedule)} steps ({n} runs)")
@@ -97,29 +99,28 @@ def _lr_panel(ax, runs: list[dict]) -> None:
         ax.legend(fontsize=7)
 
 
-def _eval_panel(ax, runs: list[dict], colors: dict) -> None:
+def _eval_panel(ax, runs: list[RunRecord], colors: dict) -> None:
     shown = set()
     for r in runs:
-        curve, headline = _history(r).get("eval"), r["headline"]
-        values = ((curve or {}).get(headline["split"]) or {}).get(headline["metric"])
-        if not values:
+        if r.headline_curve is None:
             continue
-        variant = r["identity"]["variant"]
-        ax.plot(curve["step"], [None if v is None else 100 * v for v in values], marker=".",
+        steps, values = r.headline_curve
+        variant = r.identity["variant"]
+        ax.plot(steps, [None if v is None else 100 * v for v in values], marker=".",
                 color=colors[variant], alpha=0.6, label=None if variant in shown else variant)
         shown.add(variant)
-        ax.set(ylabel=f"{headline['metric']} x100 ({headline['split']})")
+        ax.set(ylabel=f"{r.headline.metric} x100 ({r.headline.split})")
     ax.set(title="dev set (trainer.eval_every)", xlabel="optimizer step")
     if shown:
         ax.legend(fontsize=7)
 
 
-def _cells(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+def _cells(rows: list[RunRecord]) -> list[tuple[str, list[RunRecord]]]:
     """The task's cells (config hash -> its seeds' records), named by their variant and the
     identity fields that differ between the task's cells (with the hash's start where two
     would still look alike), ordered by those fields."""
     varying = [k for k in ("model", "regularizer", "p", "n_train", "lr")
-               if len({str(r["identity"].get(k)) for r in rows}) > 1]
+               if len({str(r.identity.get(k)) for r in rows}) > 1]
 
     def name(ident: dict) -> str:
         return " ".join([ident["variant"]] + [
@@ -129,18 +130,17 @@ def _cells(rows: list[dict]) -> list[tuple[str, list[dict]]]:
     def order(ident: dict) -> tuple:
         return (ident["variant"], *((ident[k] is None, ident[k] or 0) for k in varying))
 
-    cells = sorted(_by(rows, "config_hash").values(), key=lambda c: order(c[0]["identity"]))
-    counts = Counter(name(c[0]["identity"]) for c in cells)
+    cells = sorted(_by(rows, "config_hash").values(), key=lambda c: order(c[0].identity))
+    counts = Counter(name(c[0].identity) for c in cells)
     return [(name(ident) + (f" [{ident['config_hash'][:6]}]" if counts[name(ident)] > 1
-                            else ""), cell) for cell in cells for ident in [cell[0]["identity"]]]
+                            else ""), cell) for cell in cells for ident in [cell[0].identity]]
 
 
-def seed_spread(records: list[dict]):
+def seed_spread(records: list[RunRecord]):
     """One row per table cell (a config: its seeds differ only in the seed), one dot per seed
     at its headline score x100; a panel per task, as tall as its cells need (labels never
     overlap however many cells). None without successful records."""
-    rows = [r for r in records if r.get("status") == "success"
-            and (r.get("headline") or {}).get("value") is not None]
+    rows = [r for r in records if r.succeeded and r.headline_value() is not None]
     if not rows:
         return None
     plt = _pyplot()
@@ -151,11 +151,11 @@ def seed_spread(records: list[dict]):
     colors = _colors(rows)
     for ax, (task, named) in zip(axes[:, 0], cells.items()):
         for y, (_, cell) in enumerate(named):
-            ax.scatter([100 * r["headline"]["value"] for r in cell], [y] * len(cell), s=14,
-                       color=colors[cell[0]["identity"]["variant"]], zorder=2)
+            ax.scatter([100 * r.headline.value for r in cell], [y] * len(cell), s=14,
+                       color=colors[cell[0].identity["variant"]], zorder=2)
         ax.set_yticks(range(len(named)), [label for label, _ in named], fontsize=8)
         ax.set_ylim(len(named) - 0.5, -0.5)
-        ax.set_xlabel(f"{named[0][1][0]['headline']['metric']} x100 (dev), one dot per seed",
+        ax.set_xlabel(f"{named[0][1][0].headline.metric} x100 (dev), one dot per seed",
                       fontsize=8)
         ax.set_title(task, fontsize=9)
         ax.grid(axis="x", alpha=0.3)

@@ -18,7 +18,10 @@ numbers (seed, where data/results/caches live, logging, runtime). Values that ar
 or "none" are left out of it too, so a new option whose default is off keeps every existing
 run's identity. Numbers are hashed as the option files type them (config_keys.py), so
 `variant.p=1` and `variant.p=1.0` are one run. Seeds of one table cell share a folder. Nothing under results/ is written by
-hand."""
+hand.
+
+What a record holds, its builder and its accessors: run_record.py (re-exported here, the
+record's one home for callers: `records.build`, `records.RunRecord`)."""
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +36,8 @@ from pathlib import Path
 from .atomic import atomic_file
 from .config_keys import canonical_numbers
 from .errors import UserError
+from .run_record import SCHEMA, Headline, Identity, RunRecord, build  # noqa: F401 (re-exported)
 
-SCHEMA = 1
 # Top-level / dotted keys that never change a run's numbers.
 NON_IDENTITY_KEYS = ("seed", "results_dir", "data.dir", "logger", "runtime", "force", "study",
                      "protocol",  # the protocol's values reach the config (lr, n_train) already
@@ -67,7 +70,7 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(trimmed, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def identity(config: dict) -> dict:
+def identity(config: dict) -> Identity:
     """The fields that name a run: what tables group by."""
     variant = config["variant"]
     return {
@@ -137,52 +140,56 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         f.write(dumps(payload))
 
 
-def write_record(results_dir: str | Path, record: dict) -> Path:
+def _typed(record) -> RunRecord:
+    if not isinstance(record, RunRecord):
+        raise TypeError(f"records are built by records.build, got {type(record).__name__}")
+    return record
+
+
+def write_record(results_dir: str | Path, record: RunRecord) -> Path:
     """The success record; it replaces the run's failure record, if one exists."""
-    path = record_path(results_dir, record["identity"])
-    write_json_atomic(path, {"schema": SCHEMA, **record})
-    failure_path(results_dir, record["identity"]).unlink(missing_ok=True)
+    path = record_path(results_dir, _typed(record).identity)
+    write_json_atomic(path, record.to_json())
+    failure_path(results_dir, record.identity).unlink(missing_ok=True)
     return path
 
 
-def write_failure(results_dir: str | Path, record: dict) -> Path | None:
+def write_failure(results_dir: str | Path, record: RunRecord) -> Path | None:
     """The failure record (`status: failed`), or None when the run has a success record: a
     forced rerun that fails keeps the earlier result."""
-    if record_path(results_dir, record["identity"]).exists():
+    if _typed(record).status != "failed":
+        raise ValueError(f"a failure record has status 'failed', got {record.status!r}")
+    if record_path(results_dir, record.identity).exists():
         return None
-    path = failure_path(results_dir, record["identity"])
-    write_json_atomic(path, {"schema": SCHEMA, **record, "status": "failed"})
+    path = failure_path(results_dir, record.identity)
+    write_json_atomic(path, record.to_json())
     return path
 
 
-def read_record(path: Path, run_record: bool = False) -> dict:
-    """A record file as a dict with a `status`; with `run_record`, also the `identity` every
-    run record has (what tables group by)."""
+def read_record(path: Path, relative_to: Path | None = None) -> RunRecord:
+    """The one reader: a record file (success or failure) as a RunRecord, with its `path`
+    relative to `relative_to` when given. A file cut short, or of a newer schema than this
+    code reads, is a UserError naming it."""
     try:
         with open(path) as f:
-            record = json.load(f)
-        if not isinstance(record, dict) or "status" not in record:
-            raise ValueError("no 'status' field")
-        if run_record and not isinstance(record.get("identity"), dict):
-            raise ValueError("no 'identity' field")
+            record = RunRecord.from_json(
+                json.load(f), str(path.relative_to(relative_to)) if relative_to else None)
     except (OSError, ValueError) as exc:
         raise UserError(f"{path} is not a readable run record ({type(exc).__name__}: "
                         f"{str(exc)[:80]}); childtune writes records atomically, so it was cut "
                         f"short elsewhere (an interrupted copy or sync?): delete it or rerun "
                         f"with force=true") from None
+    if not isinstance(record.schema, int) or record.schema > SCHEMA:
+        raise UserError(f"{path} has record schema {record.schema!r}; this childtune reads "
+                        f"schema {SCHEMA} and older: update childtune to read it")
     return record
 
 
-def read_records(results_dir: str | Path) -> list[dict]:
+def read_records(results_dir: str | Path) -> list[RunRecord]:
     """Every record under <results_dir>/runs, success and failed alike (tell them apart by
     `status`), each with its `path` (relative to results_dir)."""
     root = Path(results_dir)
-    out = []
-    for path in sorted((root / "runs").rglob("*.json")):
-        record = read_record(path, run_record=True)
-        record["path"] = str(path.relative_to(root))
-        out.append(record)
-    return out
+    return [read_record(path, root) for path in sorted((root / "runs").rglob("*.json"))]
 
 
 def environment() -> dict:

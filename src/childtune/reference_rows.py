@@ -22,6 +22,7 @@ import torch
 
 from . import data, models
 from .metrics import compute
+from .records import RunRecord, build
 
 POOLING = "mean over tokens of the last hidden states (attention-masked)"
 
@@ -73,15 +74,12 @@ def evaluate(cfg, task, splits: dict) -> dict:
     return rows
 
 
-def record(cfg, config: dict, ident: dict, task) -> dict:
-    """The reference run's record (the caller adds environment, command and data)."""
+def record(cfg, config: dict, ident: dict, task) -> RunRecord:
+    """The reference run's record (the caller adds environment, command and finished_at)."""
     data_dir = data.resolve_data_dir(cfg.data.dir)
     splits = data.load_splits(task, data_dir, None, cfg.data.subsample_seed)
     rows = evaluate(cfg, task, splits)
     metrics = {name: row["metrics"] for name, row in rows["majority_class"].items()}
-    split = task.eval_splits[0]
-    return {"status": "success", "identity": ident, "config": config, "metrics": metrics,
-            "headline": {"metric": task.headline, "split": split,
-                         "value": metrics[split][task.headline]},
-            "reference": rows,
-            "data": data.describe(task, data_dir, splits)}
+    return build("success", ident, config, metrics=metrics,
+                 headline=(task.headline, task.eval_splits[0]), reference=rows,
+                 data=data.describe(task, data_dir, splits))

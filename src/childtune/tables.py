@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .plan import TASK_KEYS, Plan
+from .records import RunRecord
 
 BASELINE = "vanilla"
 WITH_CT_D = "_ct_d"   # the combinations study's row of <method> combined with CT_D: <method>_ct_d
@@ -64,18 +65,13 @@ def _columns(run: dict) -> list[tuple[str, bool, str | None]]:
     return [(task, True, None)]
 
 
-def _value(record: dict, eval_task: str | None, before_prune: bool) -> float | None:
-    if eval_task is not None:
-        value = ((record.get("transfer") or {}).get("eval") or {}).get(eval_task, {}).get("accuracy")
-    elif before_prune:
-        headline = record["headline"]
-        value = record["metrics_before_prune"][headline["split"]][headline["metric"]]
-    else:
-        value = record["headline"]["value"]
+def _value(record: RunRecord, eval_task: str | None, before_prune: bool) -> float | None:
+    value = (record.transfer_accuracy(eval_task) if eval_task is not None
+             else record.headline_value(before_prune))
     return None if value is None else 100.0 * value
 
 
-def observations(plan: Plan, records: dict[str, dict]) -> pd.DataFrame:
+def observations(plan: Plan, records: dict[str, RunRecord]) -> pd.DataFrame:
     """One row per planned (cell, seed): its value (NaN when the record is missing)."""
     row_keys, panel_keys = _layout_keys(plan)
     rows = []
@@ -97,7 +93,7 @@ def observations(plan: Plan, records: dict[str, dict]) -> pd.DataFrame:
                     "value": np.nan if value is None else value, "found": record is not None,
                     "model": ident["model"], "task": ident["task"], "p": ident.get("p"),
                     "n_train": ident.get("n_train"), "lr": ident.get("lr"),
-                    "metric": None if record is None else record["headline"]["metric"]})
+                    "metric": None if record is None else record.headline.metric})
     return pd.DataFrame(rows)
 
 

@@ -64,9 +64,9 @@ def run(cfg: DictConfig) -> Path:
     task = get_task(cfg.task.name)
     if config["variant"].get("reference"):  # the tables' reference rows: nothing is trained
         seed_everything(cfg.seed)
-        record = reference_rows.record(cfg, config, ident, task)
-        record.update(environment=records.environment(), command=rerun_command(),
-                      finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        record = reference_rows.record(cfg, config, ident, task).adding(
+            environment=records.environment(), command=rerun_command(),
+            finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         return records.write_record(cfg.results_dir, record)
     data_dir = data.resolve_data_dir(cfg.data.dir)
     splits = data.load_splits(task, data_dir, cfg.data.n_train, cfg.data.subsample_seed)
@@ -122,26 +122,28 @@ def run(cfg: DictConfig) -> Path:
         if record is None:  # a DDP rank other than 0: rank 0 evaluates and writes the record
             failed = False
             return None
-        record.update(transfer.finish(cfg, ident, task, model, tokenizer, data_dir, source))
+        record = record.adding(**transfer.finish(cfg, ident, task, model, tokenizer, data_dir,
+                                                 source))
         prune.keep(config, ident, model)  # a CT_D run asked to keep its model for prune
-        record["data"] = data_info  # by file names and content, not the machine's path
+        record = record.adding(data=data_info)  # by file names and content, not machine paths
         logger.log_record(record)
-        record["logger"] = logger.info()
+        record = record.adding(logger=logger.info())
         path = records.write_record(cfg.results_dir, record)
         failed = False
     finally:
         logger.close(failed)
-    value = record["headline"]["value"]
+    value = record.headline.value
     shown = ident["variant"] + ("" if regularizer.name == "none" else f"+{regularizer.name}")
     print(f"{ident['model']} {ident['task']} {shown} seed={ident['seed']}: "
           f"{task.headline}={'n/a' if value is None else f'{value:.4f}'} "
-          f"train {record['timings']['train_seconds']:.1f}s "
-          f"eval {record['timings']['eval_seconds']:.1f}s -> {path}")
+          f"train {record.timings['train_seconds']:.1f}s "
+          f"eval {record.timings['eval_seconds']:.1f}s -> {path}")
     return path
 
 
 def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, train_loader,
-                        eval_loaders, optimizer, scheduler, warmup, logger, ct_d) -> dict | None:
+                        eval_loaders, optimizer, scheduler, warmup, logger,
+                        ct_d) -> records.RunRecord | None:
     precision = loop.Precision(cfg.trainer.precision, next(model.parameters()).device)
     progress, every = show_progress(cfg), cfg.trainer.get("eval_every")
     total_steps, curve = cfg.trainer.epochs * len(train_loader), loop.EvalCurve()
@@ -188,28 +190,21 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
     mask_info = child.info
     if isinstance(child.masker, variants.M.ChildTuningF):
         mask_info["observed_keep_rate"] = child.masker.keep_rate()
-    headline_split = task.eval_splits[0]
-    return {
-        "status": "success",
-        "identity": ident,
-        "config": config,
-        **result,
-        "headline": {"metric": task.headline, "split": headline_split,
-                     "value": result["metrics"][headline_split][task.headline]},
-        "mask": mask_info,
-        "parameters": variants.parameter_counts(model, child),
-        "history": {k: v for k, v in history.items() if v is not None},
-        "regularizer": regularizer.info(),
+    return records.build(
+        "success", ident, config, **result, headline=(task.headline, task.eval_splits[0]),
+        mask=mask_info,
+        parameters=variants.parameter_counts(model, child),
+        history={k: v for k, v in history.items() if v is not None},
+        regularizer=regularizer.info(),
         **in_sync,
-        "train": {k: trained[k] for k in ("steps", "skipped_steps", "examples", "last_loss",
-                                          "batch_order_sha256")} | {"warmup_steps": warmup},
-        "timings": {"train_seconds": trained["seconds"], "eval_seconds": eval_seconds,
-                    "fisher_seconds": mask_info.get("fisher_seconds", 0.0),
-                    "train_examples_per_s": trained["examples_per_s"]},
-        "environment": records.environment(),
-        "command": rerun_command(),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+        train={k: trained[k] for k in ("steps", "skipped_steps", "examples", "last_loss",
+                                       "batch_order_sha256")} | {"warmup_steps": warmup},
+        timings={"train_seconds": trained["seconds"], "eval_seconds": eval_seconds,
+                 "fisher_seconds": mask_info.get("fisher_seconds", 0.0),
+                 "train_examples_per_s": trained["examples_per_s"]},
+        environment=records.environment(),
+        command=rerun_command(),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")

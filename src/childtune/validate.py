@@ -241,7 +241,7 @@ def check_writable(folder: Path, what: str, key: str) -> None:
 def check_existing_record(path: Path) -> None:
     """A file at a run's record path is either a success record or bad input (never skipped)."""
     if path.exists():
-        status = records.read_record(path).get("status")
+        status = records.read_record(path).status
         if status != "success":
             raise UserError(f"{path} has status {status!r}, not 'success'; delete it or rerun "
                             f"with force=true")
