@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import masks as M  # noqa: F401 -- train.py reads variants.M.*; kept until it imports masks
 from . import scopes, selection
 from .atomic import atomic_file
 from .distributed import digest
