@@ -36,7 +36,7 @@ def test_a_nan_dev_score_is_a_failed_run_not_a_success(tmp_path, monkeypatch, ca
             metrics, losses, seconds = real(*args, **kwargs)
             return ({split: {k: math.nan for k in m} for split, m in metrics.items()}, losses,
                     seconds)
-        monkeypatch.setattr(train.loop, "evaluate", evaluate)
+        monkeypatch.setattr(loop, "evaluate", evaluate)
 
     record = _guarded_failure(tmp_path, monkeypatch, capsys, nan_scores)
     assert (record["status"], record["reason"]) == ("failed", "not_finite")
@@ -53,7 +53,7 @@ def test_weights_that_blow_up_after_the_last_loss_check_fail_the_run(tmp_path, m
             with torch.no_grad():
                 next(model.parameters()).fill_(math.inf)  # the last step's update overflowed
             return out
-        monkeypatch.setattr(train.loop, "train", train_then_blow_up)
+        monkeypatch.setattr(loop, "train", train_then_blow_up)
 
     record = _guarded_failure(tmp_path, monkeypatch, capsys, blow_up)
     assert "trained weights hold NaN or inf" in record["error"]

@@ -12,7 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from childtune import loggers, records, train
+from childtune import loggers, loop, records, train
 from childtune.errors import UserError
 from wandb_files import read_run
 
@@ -125,7 +125,7 @@ def test_offline_run_writes_expected_keys(env):
 def test_failed_run_still_finishes_its_wandb_run(env, monkeypatch):
     import wandb
 
-    real_train = train.loop.train
+    real_train = loop.train
 
     def train_then_fail(*args, on_step, **kwargs):
         def step(values):
@@ -134,7 +134,7 @@ def test_failed_run_still_finishes_its_wandb_run(env, monkeypatch):
                 raise RuntimeError("boom at step 1")
         return real_train(*args, on_step=step, **kwargs)
 
-    monkeypatch.setattr(train.loop, "train", train_then_fail)
+    monkeypatch.setattr(loop, "train", train_then_fail)
     with pytest.raises(RuntimeError, match="boom"):
         run(env, "logger=wandb")
     assert not list((env / "results").rglob("runs/**/*.json"))  # no record for a failed run

@@ -38,6 +38,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .hooks import RunHook
+
 PER_STEP_OR_NONE = ("none", "bernoulli")  # every other mask kind is fixed: built once, broadcast
 TIMEOUT = timedelta(minutes=60)  # the other ranks wait this long for rank 0's Fisher pass
 
@@ -104,15 +106,20 @@ def broadcast_masks(masks: dict[str, torch.Tensor] | None) -> dict[str, torch.Te
     return {name: part.view(shape).clone() for (name, shape), part in zip(layout[0], parts)}
 
 
-def build_child(build, variant: dict, model):
-    """`build()` makes the child network (variants.build). Under DDP a fixed mask (any kind
-    but none and bernoulli) is built on rank 0 only and broadcast; CT_F and vanilla are built
-    on every rank (nothing to share)."""
+def builds_child(variant: dict) -> bool:
+    """Whether this process builds the child network: under DDP a fixed mask (any kind but
+    none and bernoulli) is built on rank 0 only; CT_F and vanilla on every rank (nothing to
+    share)."""
+    return _context is None or _context.rank == 0 or variant["mask"] in PER_STEP_OR_NONE
+
+
+def share_child(child, variant: dict, model):
+    """Rank 0's fixed mask on every rank (`child` is None where builds_child said no): rank 0
+    keeps its own child network, the others build theirs from the broadcast masks."""
     if _context is None or variant["mask"] in PER_STEP_OR_NONE:
-        return build()
+        return child
     from .variants import fixed_child
 
-    child = build() if _context.rank == 0 else None
     masks = broadcast_masks(child.masks if child is not None else None)
     if child is None:
         child = fixed_child(variant, model, masks, {"source": "broadcast from rank 0"})
@@ -194,3 +201,34 @@ def check_in_sync(model: torch.nn.Module, masks: dict | None) -> dict:
     return {"distributed": {"world_size": _context.world_size, "backend": dist.get_backend(),
                             "params_sha256": mine["params"], "masks_sha256": mine["masks"],
                             "ranks_identical": True}}
+
+
+# ---------------------------------------------------------------- the run's hook
+
+class DdpHook(RunHook):
+    """The run's points under torchrun (hooks.py): rank 0's fixed mask on every rank, this
+    rank's slice of every batch, the DDP-wrapped model, the ranks compared after training, and
+    rank 0 alone evaluating, logging and writing the record."""
+
+    def builds_child(self, ctx) -> bool:
+        return builds_child(ctx.config["variant"])
+
+    def after_child(self, ctx) -> None:
+        ctx.child = share_child(ctx.child, ctx.config["variant"], ctx.model)
+
+    def after_loaders(self, ctx) -> None:
+        ctx.train_loader = shard_batches(ctx.train_loader)
+
+    def before_training(self, ctx) -> None:
+        ctx.module = wrap(ctx.model, ctx.cfg.seed)
+
+    def after_training(self, ctx) -> None:
+        ctx.in_sync = check_in_sync(ctx.model, ctx.child.masks)
+
+    def writes(self, ctx) -> bool:
+        return is_main()
+
+
+def hook() -> DdpHook | None:
+    """The DDP hook when torchrun started this process (setup joined its group), else None."""
+    return DdpHook() if _context is not None else None

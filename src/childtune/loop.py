@@ -77,9 +77,9 @@ class Precision:
 def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
     """`torch.nn.utils.clip_grad_norm_(params, max_norm)`, bit for bit, minus its no-op: torch
     multiplies every gradient by min(max_norm / (norm + 1e-6), 1) even when that factor is 1.0,
-    a full pass over the gradients (MiniLM: 22.7M values, ~10 ms). On the CPU that pass is
-    skipped when the factor, computed as torch does, is 1.0: x * 1.0 is x bit for bit (-0.0
-    and subnormals included; torch never flushes denormals unless told to), and a NaN or
+    a full pass over the gradients (benchmarks/profile_phases.py times it). On the CPU that
+    pass is skipped when the factor, computed as torch does, is 1.0: x * 1.0 is x bit for bit
+    (-0.0 and subnormals included; torch never flushes denormals unless told to), and a NaN or
     infinite gradient makes the norm NaN or inf, whose factor is not 1.0. On other devices
     reading the factor would wait for the device, so the multiply always runs there."""
     total = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])

@@ -180,13 +180,13 @@ class ChildTuningD(GradientMasker):
     (the official behaviour). `freeze_exactly=True` restores them after every step instead, so
     they never move at all (no weight decay on frozen entries).
 
-    Speed, never the numbers: torch's Adam(W) kernels are 2-3x slower on second moments that
-    are exactly 0 (measured: a foreach AdamW step over 21M values, 70% frozen, 149 ms; 61 ms
-    with the trick below). So once a parameter's Adam(W) state exists, its frozen entries'
-    `exp_avg_sq` (and `max_exp_avg_sq`) are set to the dtype's largest value. Their update is
-    lr * exp_avg / (sqrt(v) + eps) with exp_avg exactly 0, i.e. exactly 0 whatever v is; this
-    is checked first (a coupled weight decay, `Adam(weight_decay>0)`, makes exp_avg nonzero,
-    and then nothing is changed). Parameters stay bit-identical (tested)."""
+    Speed, never the numbers: torch's Adam(W) kernels are slower on second moments that are
+    exactly 0 (benchmarks/README.md, "torch's AdamW is slow on exact zeros", times a step with
+    and without the trick below). So once a parameter's Adam(W) state exists, its frozen
+    entries' `exp_avg_sq` (and `max_exp_avg_sq`) are set to the dtype's largest value. Their
+    update is lr * exp_avg / (sqrt(v) + eps) with exp_avg exactly 0, i.e. exactly 0 whatever v
+    is; this is checked first (a coupled weight decay, `Adam(weight_decay>0)`, makes exp_avg
+    nonzero, and then nothing is changed). Parameters stay bit-identical (tested)."""
 
     def __init__(self, model: torch.nn.Module, masks: dict[str, torch.Tensor],
                  freeze_exactly: bool = False):

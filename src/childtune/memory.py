@@ -4,9 +4,8 @@ glibc's malloc serves a large block (above its mmap threshold, 32 MiB at most) w
 from the kernel and unmaps them again on free; freed memory at the top of its heap goes back to
 the kernel too. A training step frees and allocates the same large blocks every step: the dense
 gradient of the word embeddings (47 MB for MiniLM, 125 MB for BERT-large) is mapped anew by
-every backward pass, and the kernel faults in and zeroes its ~11,500 pages before torch zeroes
-them again (about 20 ms of a MiniLM step, 5-8% of a short CoLA step; see
-`benchmarks/profile_phases.py` and the benchmarks README).
+every backward pass, and the kernel faults in and zeroes its pages before torch zeroes them
+again (what that costs a step: `benchmarks/profile_phases.py` and the benchmarks README).
 
 `keep_freed_memory()` tells malloc, for the rest of the process, to serve every block from its
 heap (M_MMAP_MAX = 0) and to keep what is freed (M_TRIM_THRESHOLD at its maximum): the pages of

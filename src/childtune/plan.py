@@ -14,7 +14,7 @@ configs' own), and names each planned run's record path (records.identity / reco
 Plans are saved as manifests, `<results_dir>/plans/<study>-<protocol>-<digest>.json`: every
 multirun writes its own (`ManifestCallback`, configured in src/childtune/conf/config.yaml); this command
 saves the default one of each study with save=true or launch=true. The tables read manifests to know which records make up a
-cell and how many are missing. Composing is slow (about 0.1 s a config), so a plan made from
+cell and how many are missing. Composing is slow, so a plan made from
 the same configs (`conf_sha`) is reused, from a manifest or the plan cache
 (.cache/childtune/plans), instead of composed again.
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from . import checkpoints, records
 from .errors import UserError
+from .hooks import RunHook
+from .masks import prune_
 
 MODELS = "models"
 
@@ -90,3 +92,37 @@ def summary(ct_d: CtdRun, metrics_before_prune: dict) -> dict:
     return {"ct_d_record": str(records.record_path("", ct_d.ident)),
             "model": "kept CT_D model" if ct_d.model_path else "trained here",
             "before_prune_equals_ct_d_record": same}
+
+
+# ---------------------------------------------------------------- the run's hooks
+
+class PruneRun(RunHook):
+    """variant=prune at the run's points (hooks.py): CT_D's kept model instead of a training,
+    then the evaluation again with every in-scope non-child weight zeroed."""
+
+    ct_d: CtdRun | None = None
+
+    def replaces_training(self, ctx) -> dict | None:
+        self.ct_d = ct_d_run(ctx.config)
+        return load_trained(ctx.model, self.ct_d) if self.ct_d.model_path is not None else None
+
+    def after_evaluation(self, ctx) -> None:
+        metrics = ctx.result["metrics"]
+        prune_(ctx.model, ctx.child.masks)
+        ctx.result = {"metrics_before_prune": metrics, "prune": summary(self.ct_d, metrics)}
+        ctx.result["metrics"], ctx.result["eval_loss"], pruned_seconds = ctx.evaluate()
+        ctx.eval_seconds += pruned_seconds
+
+
+class KeepsModel(RunHook):
+    """A CT_D run asked to keep its trained model for prune (runtime.keep_for_prune)."""
+
+    def after_record(self, ctx) -> dict:
+        keep(ctx.config, ctx.ident, ctx.model)
+        return {}
+
+
+def hook(config: dict) -> RunHook | None:
+    if config["variant"].get("prune"):
+        return PruneRun()
+    return KeepsModel() if _keeps(config) else None

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import number_in
 from .errors import UserError
 from .fisher import default_loss, model_inputs
 
@@ -272,11 +273,7 @@ REGULARIZERS = {cls.name: cls for cls in (Regularizer, PretrainedDecay, Mixout, 
 
 
 def _number(cfg: dict, key: str, low: float = 0.0, high: float = math.inf) -> None:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        bounds = f"in [{low}, {high}]" if math.isfinite(high) else f">= {low}"
-        raise UserError(f"regularizer.{key} must be a number {bounds}, got {value!r}")
+    number_in(f"regularizer.{key}", cfg.get(key), low, high)
 
 
 def check(config: dict) -> None:

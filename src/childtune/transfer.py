@@ -1,4 +1,5 @@
-"""Transfer studies, the training side (train.py calls `check`, `start_from_source`, `finish`).
+"""Transfer studies, the training side (validate calls `check`; `TransferHook` plugs the rest
+into the run, hooks.py).
 
 Task transfer (`transfer.source_task=A`): the run starts from the encoder of the run that is the
 same in every setting (model, variant, seed, protocol, ...) but trained on task A; the new task's
@@ -26,6 +27,7 @@ from omegaconf import OmegaConf
 
 from . import checkpoints, jobs, records
 from .errors import UserError
+from .hooks import RunHook
 from .tasks import Task, get_task
 
 HEAD_PREFIXES = ("classifier.", "logits_proj.", "sequence_summary.", "score.")
@@ -187,3 +189,33 @@ def finish(cfg, ident: dict, task: Task, model, tokenizer, data_dir, source: dic
                        for name in eval_tasks}
         out["eval_seconds"] = time.perf_counter() - start
     return {"transfer": out} if out else {}
+
+
+# ---------------------------------------------------------------- the run's hook
+
+class TransferHook(RunHook):
+    """Transfer at the run's points (hooks.py): the source run's encoder before anything is
+    built from the model (and named in the mask's cache key); after the record, the encoder
+    kept and the other tasks evaluated."""
+
+    source: dict | None = None
+
+    def reruns(self, ctx) -> bool:
+        return needs_encoder(ctx.cfg, ctx.ident)
+
+    def after_model(self, ctx) -> None:
+        self.source = start_from_source(ctx.cfg, ctx.model)
+        ctx.mask_cache_parts.update(mask_cache_parts(self.source))
+
+    def after_record(self, ctx) -> dict:
+        return finish(ctx.cfg, ctx.ident, ctx.task, ctx.model, ctx.tokenizer, ctx.data_dir,
+                      self.source)
+
+
+def hook(config: dict) -> TransferHook | None:
+    """The transfer hook when the run starts from a source run, is evaluated on other tasks or
+    keeps its encoder; None otherwise."""
+    settings = config.get("transfer") or {}
+    wanted = settings.get("source_task") or settings.get("eval_tasks") \
+        or (config.get("runtime") or {}).get("save_encoder")
+    return TransferHook() if wanted else None

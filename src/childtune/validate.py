@@ -7,7 +7,8 @@
     validate(config)            both, in that order (train.run calls it once, first)
 
 Every problem is a UserError: one `error: ...` line, exit 2, nothing written. Anything that
-fails after this pass is a failed run with a failure record (guard.py)."""
+fails after this pass is a failed run with a failure record (guard.py). Numbers are checked by
+checks.py, which the modules' own checks (variants, regularizers) use too."""
 from __future__ import annotations
 
 import math
@@ -15,54 +16,14 @@ import tempfile
 from pathlib import Path
 
 from . import config_keys, prune, records, regularizers, transfer, variants
+from .checks import number_in, positive_int, seed
 from .errors import UnsetValue, UserError
 from .loop import PRECISIONS
 from .optim import OPTIMIZERS, fused_adamw_supported
 from .tasks import get_task
 
 SECTIONS = ("model", "task", "variant", "trainer", "data", "runtime")  # each a conf/ group
-SEED_RANGE = (0, 2 ** 32 - 1)      # numpy's: np.random.seed refuses anything else
 CACHED_MASKS = ("fisher_top", "fisher_bottom", "random")  # variants.build caches these
-
-
-# ---------------------------------------------------------------- shared number checks
-
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_number(value) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value))
-
-
-def positive_int(key: str, value, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not is_int(value) or value <= 0:
-        raise UserError(f"{key} must be a positive integer{' or null' if optional else ''}, "
-                        f"got {value!r}")
-
-
-def number_in(key: str, value, low: float, high: float, *, low_open: bool = False,
-              high_open: bool = False, hint: str = "") -> None:
-    """A finite number in the interval; open ends as asked."""
-    ok = is_number(value) and (low < value if low_open else low <= value) and \
-        (value < high if high_open else value <= high)
-    if not ok:
-        bounds = ("(" if low_open else "[") + f"{low}, {high}" + (")" if high_open else "]")
-        if high == math.inf:
-            bounds = f"{'>' if low_open else '>='} {low}"
-        what = "a positive number" if (low, low_open, high) == (0, True, math.inf) else \
-            f"a number {bounds}"
-        raise UserError(f"{key} must be {what}{hint}, got {value!r}")
-
-
-def seed(key: str, value, optional: bool = False) -> None:
-    if optional and value is None:
-        return
-    if not is_int(value) or not SEED_RANGE[0] <= value <= SEED_RANGE[1]:
-        raise UserError(f"{key} must be an integer in [0, 2**32 - 1], got {value!r}")
 
 
 # ---------------------------------------------------------------- the command line

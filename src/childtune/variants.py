@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import masks as M  # noqa: F401 -- train.py reads variants.M.*; kept until it imports masks
 from . import scopes, selection
 from .atomic import atomic_file
+from .checks import number_in, positive_int
 from .distributed import digest
 from .errors import UserError
 from .fisher import FISHER_MODES, fisher_information
@@ -48,10 +48,7 @@ def check_variant(variant: dict) -> None:
         _check_k(variant)
     if kind in ("none", "top_layers"):
         return
-    p = variant.get("p")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) \
-            or not 0 < p <= 1:
-        raise UserError(f"variant.p must be a number in (0, 1] (the kept fraction), got {p!r}")
+    number_in("variant.p", variant.get("p"), 0, 1, low_open=True, hint=" (the kept fraction)")
     if variant.get("scope") not in ("all", "layers"):
         raise UserError(f"variant.scope must be 'all' or 'layers', got {variant.get('scope')!r}")
     if kind == "bernoulli" and not variant.get("decay_frozen", True):
@@ -80,8 +77,7 @@ def _check_k(variant: dict) -> None:
     if kind not in LAYER_LIMITED:
         raise UserError(f"variant.k applies to the fixed masks ({', '.join(LAYER_LIMITED)}), "
                         f"not to mask={kind}")
-    if isinstance(k, bool) or not isinstance(k, int) or k <= 0:
-        raise UserError(f"variant.k must be a positive number of layers, got {k!r}")
+    positive_int("variant.k", k, what="a positive number of layers")
     if variant.get("prune"):
         raise UserError("variant.prune=true would zero the frozen embeddings and lower layers "
                         "with variant.k; prune without k")
