@@ -38,7 +38,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-PER_STEP_OR_NONE = ("none", "bernoulli")  # every other mask kind is fixed: built once, broadcast
+from .mask_kinds import FIXED
+
 TIMEOUT = timedelta(minutes=60)  # the other ranks wait this long for rank 0's Fisher pass
 
 
@@ -108,7 +109,7 @@ def build_child(build, variant: dict, model):
     """`build()` makes the child network (variants.build). Under DDP a fixed mask (any kind
     but none and bernoulli) is built on rank 0 only and broadcast; CT_F and vanilla are built
     on every rank (nothing to share)."""
-    if _context is None or variant["mask"] in PER_STEP_OR_NONE:
+    if _context is None or variant["mask"] not in FIXED:
         return build()
     from .variants import fixed_child
 

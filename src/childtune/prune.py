@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import checkpoints, records
 from .errors import UserError
+from .mask_kinds import CT_D
 
 MODELS = "models"
 
@@ -32,7 +33,7 @@ class CtdRun:
 def _keeps(config: dict) -> bool:
     variant = config["variant"]
     return bool((config.get("runtime") or {}).get("keep_for_prune")) \
-        and variant["mask"] == "fisher_top" and not variant.get("prune")
+        and variant["mask"] == CT_D and not variant.get("prune")
 
 
 def check(config: dict) -> None:

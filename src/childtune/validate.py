@@ -17,12 +17,12 @@ from pathlib import Path
 from . import config_keys, prune, records, regularizers, transfer, variants
 from .errors import UnsetValue, UserError
 from .loop import PRECISIONS
+from .mask_kinds import CACHED
 from .optim import OPTIMIZERS, fused_adamw_supported
 from .tasks import get_task
 
 SECTIONS = ("model", "task", "variant", "trainer", "data", "runtime")  # each a conf/ group
 SEED_RANGE = (0, 2 ** 32 - 1)      # numpy's: np.random.seed refuses anything else
-CACHED_MASKS = ("fisher_top", "fisher_bottom", "random")  # variants.build caches these
 
 
 # ---------------------------------------------------------------- shared number checks
@@ -253,7 +253,7 @@ def check_environment(config: dict) -> None:
     results_dir = Path(config["results_dir"])
     check_writable(results_dir / "runs", "run records", "results_dir")
     cache_dir = config["runtime"].get("cache_dir")
-    if cache_dir and config["variant"]["mask"] in CACHED_MASKS:
+    if cache_dir and config["variant"]["mask"] in CACHED:
         check_writable(Path(cache_dir) / "masks", "the mask cache", "runtime.cache_dir")
     if not config.get("force"):
         check_existing_record(records.record_path(results_dir, records.identity(config)))

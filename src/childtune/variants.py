@@ -32,21 +32,20 @@ from .atomic import atomic_file
 from .distributed import digest
 from .errors import UserError
 from .fisher import FISHER_MODES, fisher_information
+from .mask_kinds import KINDS, LAYER_LIMITED, NAMES
 from .masks import ChildTuningD, ChildTuningF, GradientMasker
 
-MASK_KINDS = ("none", "bernoulli", "fisher_top", "fisher_bottom", "random", "top_layers")
-LAYER_LIMITED = ("fisher_top", "fisher_bottom", "random", "top_layers")  # kinds taking variant.k
 FISHER_RECIPES = ("official",)
 
 
 def check_variant(variant: dict) -> None:
     """Bad variant settings fail here, before any data is read or model loaded."""
     kind = variant.get("mask")
-    if kind not in MASK_KINDS:
-        raise UserError(f"variant.mask must be one of {', '.join(MASK_KINDS)}, got {kind!r}")
+    if kind not in NAMES:
+        raise UserError(f"variant.mask must be one of {', '.join(NAMES)}, got {kind!r}")
     if kind == "top_layers" or variant.get("k") is not None:
         _check_k(variant)
-    if kind in ("none", "top_layers"):
+    if not KINDS[kind].sized:
         return
     p = variant.get("p")
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p) \
@@ -54,21 +53,21 @@ def check_variant(variant: dict) -> None:
         raise UserError(f"variant.p must be a number in (0, 1] (the kept fraction), got {p!r}")
     if variant.get("scope") not in ("all", "layers"):
         raise UserError(f"variant.scope must be 'all' or 'layers', got {variant.get('scope')!r}")
-    if kind == "bernoulli" and not variant.get("decay_frozen", True):
+    if not KINDS[kind].fixed and not variant.get("decay_frozen", True):
         raise UserError("variant.decay_frozen=false applies to fixed masks (D, random, lowest, "
                         "prune); CT_F masks change every step")
     if variant.get("draw_bits") is not None and (kind != "bernoulli"
                                                   or variant["draw_bits"] not in (16, 32)):
         raise UserError(f"variant.draw_bits (16 or 32) applies to CT_F's mask=bernoulli, got "
                         f"{variant['draw_bits']!r} with mask={kind}")
-    if kind.startswith("fisher") and variant.get("fisher_recipe") not in FISHER_RECIPES:
+    if KINDS[kind].fisher and variant.get("fisher_recipe") not in FISHER_RECIPES:
         raise UserError(f"variant.fisher_recipe must be one of {FISHER_RECIPES}")
     if variant.get("count") not in (None, "official") or (variant.get("count")
-                                                           and not kind.startswith("fisher")):
+                                                           and not KINDS[kind].fisher):
         raise UserError(f"variant.count must be null (exactly round(p*N) entries) or official "
                         f"(numpy's percentile, ties kept; Fisher masks only), got "
                         f"{variant.get('count')!r} with mask={kind}")
-    if kind.startswith("fisher") and variant.get("fisher_mode") not in FISHER_MODES:
+    if KINDS[kind].fisher and variant.get("fisher_mode") not in FISHER_MODES:
         raise UserError(f"variant.fisher_mode must be one of {', '.join(FISHER_MODES)} (train: "
                         f"dropout on, as the official code), got {variant.get('fisher_mode')!r}")
 
