@@ -26,7 +26,7 @@ PACKAGE = Path(childtune.__file__).resolve().parent
 STUDY = {"plan", "progress", "aggregate", "tables", "figures", "evidence", "wandb_tables",
          "record_plots"}
 SHARED = {"__init__", "atomic", "cli", "errors", "records", "config_keys", "checkpoints", "jobs",
-          "mask_kinds",
+          "mask_kinds", "mask_cache",
           "loggers"}
 FORBIDDEN_IN_STUDY = {"torch", "transformers"}
 

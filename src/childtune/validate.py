@@ -14,7 +14,7 @@ import math
 import tempfile
 from pathlib import Path
 
-from . import config_keys, prune, records, regularizers, transfer, variants
+from . import config_keys, mask_cache, prune, records, regularizers, transfer, variants
 from .errors import UnsetValue, UserError
 from .loop import PRECISIONS
 from .mask_kinds import CACHED
@@ -254,7 +254,7 @@ def check_environment(config: dict) -> None:
     check_writable(results_dir / "runs", "run records", "results_dir")
     cache_dir = config["runtime"].get("cache_dir")
     if cache_dir and config["variant"]["mask"] in CACHED:
-        check_writable(Path(cache_dir) / "masks", "the mask cache", "runtime.cache_dir")
+        check_writable(mask_cache.folder(cache_dir), "the mask cache", "runtime.cache_dir")
     if not config.get("force"):
         check_existing_record(records.record_path(results_dir, records.identity(config)))
 

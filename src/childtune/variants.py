@@ -13,22 +13,18 @@
 `variant.k` (null: all layers) limits the fixed masks of D, random and lowest to the top k
 encoder layers: the mask is selected among the in-scope parameters of those layers, and the
 rest is top_k's child network (pooler and head whole, embeddings and lower layers frozen).
-Fixed masks are cached under a key of everything they depend on and reused."""
+Fixed masks are cached under a key of everything they depend on and reused (mask_cache.py)."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import masks as M  # noqa: F401 -- train.py reads variants.M.*; kept until it imports masks
-from . import scopes, selection
-from .atomic import atomic_file
+from . import mask_cache, scopes, selection
 from .distributed import digest
 from .errors import UserError
 from .fisher import FISHER_MODES, fisher_information
@@ -91,48 +87,6 @@ class ChildNetwork:
     masker: GradientMasker | None = None
     masks: dict[str, torch.Tensor] | None = None   # fixed masks (None for vanilla and F)
     info: dict = field(default_factory=dict)        # what the record says about the mask
-
-
-def _cache_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def save_masks(path: Path, masks: dict[str, torch.Tensor], meta: dict) -> None:
-    """Bit-packed (1 bit per entry), written atomically (atomic.py): a killed run or two runs
-    writing the same entry at once never leave a partial file."""
-    flat = torch.cat([m.flatten() for m in masks.values()]).numpy()
-    with atomic_file(path, "wb") as f:
-        np.savez(f, bits=np.packbits(flat), names=json.dumps(list(masks)),
-                 shapes=json.dumps([list(m.shape) for m in masks.values()]),
-                 meta=json.dumps(meta))
-
-
-def load_masks(path: Path, model=None) -> tuple[dict[str, torch.Tensor], dict]:
-    """An unreadable entry, or one that does not fit `model`, is a UserError naming the file:
-    entries are written atomically, so it was damaged outside childtune; deleting it is safe."""
-    try:
-        with np.load(path) as data:
-            names, shapes = json.loads(str(data["names"])), json.loads(str(data["shapes"]))
-            total = sum(math.prod(s) for s in shapes)
-            flat = torch.from_numpy(np.unpackbits(data["bits"], count=total).astype(bool))
-            meta = json.loads(str(data["meta"]))
-        if flat.numel() != total:
-            raise ValueError(f"{flat.numel()} mask bits for {total} entries")
-        params = dict(model.named_parameters()) if model is not None else None
-        wrong = [n for n, shape in zip(names, shapes)
-                 if params is not None and (n not in params or list(params[n].shape) != shape)]
-        if wrong:
-            raise ValueError(f"{wrong[0]} is not a parameter of that shape in the model")
-    except Exception as exc:  # zip, npy, json and shape errors all mean the same thing here
-        raise UserError(f"mask cache entry {path} is unreadable or does not fit the model "
-                        f"({type(exc).__name__}: {str(exc)[:80]}); delete it and rerun "
-                        f"(the mask is recomputed)") from None
-    out, start = {}, 0
-    for name, shape in zip(names, shapes):
-        n = math.prod(shape)
-        out[name] = flat[start:start + n].view(shape).clone()
-        start += n
-    return out, meta
 
 
 def check_kept(path: Path, masks: dict[str, torch.Tensor], p: float) -> None:
@@ -238,19 +192,11 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
     if kind == "top_layers":
         return fixed_child(variant, model, top_layers, {})
 
-    key_parts = {**cache_parts, "seed": seed, "max_grad_norm": max_grad_norm,
-                 **{k: variant.get(k) for k in ("mask", "p", "scope", "fisher_seed",
-                                                 "fisher_recipe", "fisher_mode")}}
-    if kind == "random":
-        key_parts = {k: key_parts[k] for k in ("model", "seed", "mask", "p", "scope",
-                                              "fisher_seed")}
-    for extra in ("k", "count"):  # only when set: the keys of masks without them stay as they were
-        if variant.get(extra) is not None:
-            key_parts[extra] = variant[extra]
-    key = _cache_key(key_parts)
-    path = cache_dir / "masks" / f"{key}.npz" if cache_dir else None
+    key_parts = mask_cache.key_parts(variant, cache_parts, seed, max_grad_norm)
+    key = mask_cache.key(key_parts)
+    path = mask_cache.path(cache_dir, key) if cache_dir else None
     if path is not None and path.is_file():
-        masks, meta = load_masks(path, model)
+        masks, meta = mask_cache.load(path, model)
         check_kept(path, masks, variant["p"])
         info = {"source": "reused", "fisher_seconds": 0.0, "computed_fisher_seconds":
                 meta.get("fisher_seconds"),
@@ -259,7 +205,7 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
     else:
         masks, summary = _fixed_masks(variant, model, fisher_loader, max_grad_norm, seed, progress)
         if path is not None:
-            save_masks(path, masks, {"key_parts": key_parts, **summary})
+            mask_cache.save(path, masks, {"key_parts": key_parts, **summary})
         info = {"source": "computed", "fisher_seconds": 0.0, **summary}
     return fixed_child(variant, model, {**top_layers, **masks}, {**info, "cache_key": key})
 
