@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from childtune import loop, mask_cache, masks, optim, regularizers, variants
 from childtune.errors import UserError
-from childtune.fisher import default_loss, fisher_information
+from childtune.batches import default_loss
+from childtune.fisher import fisher_information
 from childtune.records import config_hash
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "childtune" / "conf"

@@ -30,7 +30,6 @@ else gloo; these helpers only use collectives that both support."""
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,6 +37,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .digest import digest
 from .mask_kinds import FIXED
 
 TIMEOUT = timedelta(minutes=60)  # the other ranks wait this long for rank 0's Fisher pass
@@ -168,13 +168,6 @@ def wrap(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------- replicas in sync
-
-def digest(tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
 
 class ReplicasDiverged(RuntimeError):
     pass

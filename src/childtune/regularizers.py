@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import UserError
-from .fisher import default_loss, model_inputs
+from .batches import default_loss, model_inputs
 
 NOISE_TYPES = ("uniform", "normal")
 

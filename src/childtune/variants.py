@@ -25,9 +25,10 @@ import torch
 
 from . import masks as M  # noqa: F401 -- train.py reads variants.M.*; kept until it imports masks
 from . import mask_cache, scopes, selection
-from .distributed import digest
+from .digest import digest
 from .errors import UserError
-from .fisher import FISHER_MODES, fisher_information
+from .fisher import FISHER_MODES, STATISTICS, fisher_information
+from .fisher import statistics as fisher_statistics
 from .mask_kinds import KINDS, LAYER_LIMITED, NAMES
 from .masks import ChildTuningD, ChildTuningF, GradientMasker
 
@@ -125,51 +126,8 @@ def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progr
     else:
         pick = selection.top_p_mask if kind == "fisher_top" else selection.bottom_p_mask
         selected = pick(fisher, p)
-    summary = {"fisher_seconds": seconds,
-               "fisher_quantiles": dict(zip(["min", "q25", "median", "q75", "max"],
-                                            _quantiles(fisher))),
-               "fisher_log10_histogram": _log10_histogram(fisher)}
+    summary = {"fisher_seconds": seconds, **fisher_statistics(fisher)}
     return selected, summary
-
-
-def _quantiles(fisher: dict[str, torch.Tensor]) -> list[float]:
-    """Quantiles of an evenly strided sample (at most 2**20 values) of all Fisher values in
-    dict order, gathered tensor by tensor (no concatenated copy of the values)."""
-    flats = [f.reshape(-1) for f in fisher.values()]
-    n = sum(f.numel() for f in flats)
-    index = torch.linspace(0, n - 1, min(n, 1 << 20)).long()
-    sample = torch.empty(index.numel(), dtype=flats[0].dtype, device=flats[0].device)
-    start = 0
-    for flat in flats:
-        inside = (index >= start) & (index < start + flat.numel())
-        sample[inside.to(sample.device)] = flat[(index[inside] - start).to(flat.device)]
-        start += flat.numel()
-    return torch.quantile(sample.double().cpu(),
-                          torch.tensor([0, .25, .5, .75, 1.0], dtype=torch.double)).tolist()
-
-
-def _log10_histogram(fisher: dict[str, torch.Tensor], bins: int = 40) -> dict:
-    """Counts of log10(Fisher) over `bins` equal bins between the smallest and largest positive
-    value (edges has bins + 1 entries); exact zeros cannot be logged and are counted apart.
-    Two passes, tensor by tensor: no concatenated copy of the values."""
-    def logs():
-        for f in fisher.values():
-            yield f[f > 0].log10().cpu()
-
-    total = sum(f.numel() for f in fisher.values())
-    positive, low, high = 0, math.inf, -math.inf
-    for x in logs():
-        if x.numel():
-            positive += x.numel()
-            low, high = min(low, float(x.min())), max(high, float(x.max()))
-    if positive == 0:
-        return {"counts": [], "edges": [], "zeros": total}
-    counts = torch.zeros(bins)
-    for x in logs():
-        part, edges = torch.histogram(x, bins=bins, range=(low, high))
-        counts += part
-    return {"counts": [int(c) for c in counts.tolist()], "edges": edges.tolist(),
-            "zeros": total - positive}
 
 
 def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, seed: int,
@@ -200,8 +158,7 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
         check_kept(path, masks, variant["p"])
         info = {"source": "reused", "fisher_seconds": 0.0, "computed_fisher_seconds":
                 meta.get("fisher_seconds"),
-                **{k: meta[k] for k in ("fisher_quantiles", "fisher_log10_histogram")
-                   if k in meta}}
+                **{k: meta[k] for k in STATISTICS if k in meta}}
     else:
         masks, summary = _fixed_masks(variant, model, fisher_loader, max_grad_norm, seed, progress)
         if path is not None:
