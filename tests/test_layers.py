@@ -23,7 +23,7 @@ import pytest
 import childtune
 
 PACKAGE = Path(childtune.__file__).resolve().parent
-STUDY = {"plan", "progress", "aggregate", "tables", "figures", "evidence", "wandb_tables",
+STUDY = {"plan", "progress", "aggregate", "tables", "figures", "evidence", "wandb_tables", "readme",
          "record_plots"}
 SHARED = {"__init__", "atomic", "cli", "errors", "records", "config_keys", "checkpoints", "jobs",
           "mask_kinds", "mask_cache",

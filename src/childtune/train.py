@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import (data, distributed, guard, loggers, loop, memory, models, optim, prune, records,
-               reference_rows, regularizers, transfer, validate, variants)
+               reference_rows, regularizers, tokens, transfer, validate, variants)
 from . import metrics as metrics_
 from .errors import UserError, resolving
 from .tasks import get_task
@@ -74,8 +74,8 @@ def run(cfg: DictConfig) -> Path:
     tokenizer = models.load_tokenizer(cfg.model)
     token_cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None
     encoded = {name: data.Encoded(split, tokenizer, cfg.data.max_seq_length, task.is_regression,
-                                  data.cached_features(split, tokenizer, cfg.data.max_seq_length,
-                                                       token_cache, f"{task.name}-{name}"))
+                                  tokens.cached_features(split, tokenizer, cfg.data.max_seq_length,
+                                                         token_cache, f"{task.name}-{name}"))
                for name, split in splits.items()}
 
     seed_everything(cfg.seed)
