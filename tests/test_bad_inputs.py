@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import torch
 
-from childtune import guard, records, train, validate, variants
+from childtune import guard, mask_cache, records, train, validate
 from reliability_helpers import compose_cfg, overrides, records_under, train_cli, write_rte
 
 
@@ -91,8 +91,8 @@ def _mask_with_no_kept_entry(tmp_path, data_dir, results, monkeypatch):
     args = overrides(data_dir, results, "variant=random_mask")
     train.run(compose_cfg(args))
     [entry] = (results / "cache" / "masks").glob("*.npz")
-    masks, meta = variants.load_masks(entry)
-    variants.save_masks(entry, {n: torch.zeros_like(m) for n, m in masks.items()}, meta)
+    masks, meta = mask_cache.load(entry)
+    mask_cache.save(entry, {n: torch.zeros_like(m) for n, m in masks.items()}, meta)
     for path in records_under(results):
         path.unlink()
     return ["variant=random_mask"]

@@ -15,7 +15,7 @@ import torch
 import torch.multiprocessing as tmp_mp
 from omegaconf import OmegaConf
 
-from childtune import distributed, loop, masks as M, records, variants
+from childtune import distributed, loop, mask_cache, masks as M, records, variants
 from childtune.fisher import fisher_information
 from reliability_helpers import compose_cfg, env, overrides, records_under, write_rte
 
@@ -142,7 +142,7 @@ def test_torchrun_two_ranks_train_one_record_with_rank_0s_mask(tmp_path):
     sync = record.section("distributed")
     assert sync["world_size"] == WORLD and sync["ranks_identical"] and sync["backend"] == "gloo"
     [entry] = (results / "cache" / "masks").glob("*.npz")
-    assert sync["masks_sha256"] == distributed.digest(variants.load_masks(entry)[0].values())
+    assert sync["masks_sha256"] == distributed.digest(mask_cache.load(entry)[0].values())
     assert record.setting("distributed") == {"world_size": WORLD}
     one_process = records.identity(OmegaConf.to_container(compose_cfg(args), resolve=True))
     assert record.identity["config_hash"] != one_process["config_hash"]

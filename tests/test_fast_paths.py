@@ -395,7 +395,7 @@ def test_d_on_a_gpu_gives_the_same_gradients_as_the_cpu_path():
 def test_fisher_summary_without_concatenation_equals_the_concatenated_one(layout):
     """The D record's Fisher quantiles and log10 histogram, computed tensor by tensor, are the
     ones the concatenating reference computes (same strided sample, same bins and counts)."""
-    from childtune import variants as V
+    from childtune import fisher as F
 
     g = torch.Generator().manual_seed(layout)
     sizes = torch.randint(1, 900, (2 + layout, 2), generator=g).tolist() + [[1 << 20 if layout == 5 else 7]]
@@ -411,13 +411,13 @@ def test_fisher_summary_without_concatenation_equals_the_concatenated_one(layout
                                                             dtype=torch.double)).tolist()
     positive = values[values > 0]
     counts, edges = torch.histogram(positive.log10(), bins=40)
-    assert V._quantiles(fisher) == quantiles
-    assert V._log10_histogram(fisher) == {"counts": [int(c) for c in counts.tolist()],
-                                          "edges": edges.tolist(),
-                                          "zeros": values.numel() - positive.numel()}
+    assert F.quantiles(fisher) == quantiles
+    assert F.log10_histogram(fisher) == {"counts": [int(c) for c in counts.tolist()],
+                                         "edges": edges.tolist(),
+                                         "zeros": values.numel() - positive.numel()}
 
 
 def test_fisher_histogram_of_all_zeros():
-    from childtune import variants as V
+    from childtune import fisher as F
 
-    assert V._log10_histogram({"a": torch.zeros(3, 2)}) == {"counts": [], "edges": [], "zeros": 6}
+    assert F.log10_histogram({"a": torch.zeros(3, 2)}) == {"counts": [], "edges": [], "zeros": 6}

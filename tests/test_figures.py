@@ -9,8 +9,9 @@ import itertools
 import matplotlib
 import numpy as np
 import pytest
+import torch
 
-from childtune import aggregate, figures, plan, record_plots, records, tables
+from childtune import aggregate, figures, mask_cache, plan, record_plots, records, tables
 from fake_records import fake_identity, fake_record
 
 matplotlib.use("Agg")
@@ -113,10 +114,8 @@ def main_records(results, planned, cache) -> dict:
         mask = {"kind": "none"}
         if ident["variant"] == "child_tuning_d":
             key = f"{ident['task']}{ident['seed']}"
-            bits = np.packbits(rng.random(20000) < ident["p"])
-            (cache / "masks").mkdir(parents=True, exist_ok=True)
-            np.savez(cache / "masks" / f"{key}.npz", bits=bits, names=np.array(["w"]),
-                     shapes=np.array([[20000]]))
+            kept = torch.from_numpy(rng.random(20000) < ident["p"])
+            mask_cache.save(mask_cache.path(cache, key), {"w": kept}, {})  # as a run writes it
             mask = {"kind": "fisher_top", "cache_key": key}
         records.write_record(results, run_record(ident, 0.7, "main", mask=mask,
                                                  config={"runtime": {"cache_dir": str(cache)}}))

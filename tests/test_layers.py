@@ -23,10 +23,10 @@ import pytest
 import childtune
 
 PACKAGE = Path(childtune.__file__).resolve().parent
-STUDY = {"plan", "progress", "aggregate", "tables", "figures", "evidence", "wandb_tables",
+STUDY = {"plan", "progress", "aggregate", "tables", "figures", "evidence", "wandb_tables", "readme",
          "record_plots"}
 SHARED = {"__init__", "atomic", "cli", "errors", "records", "run_record", "config_keys",
-          "checkpoints", "jobs", "loggers"}
+          "checkpoints", "jobs", "mask_kinds", "mask_cache", "loggers"}
 FORBIDDEN_IN_STUDY = {"torch", "transformers"}
 
 

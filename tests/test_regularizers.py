@@ -9,9 +9,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from childtune import loop, masks, optim, regularizers, variants
+from childtune import loop, mask_cache, masks, optim, regularizers, variants
 from childtune.errors import UserError
-from childtune.fisher import default_loss, fisher_information
+from childtune.batches import default_loss
+from childtune.fisher import fisher_information
 from childtune.records import config_hash
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "childtune" / "conf"
@@ -347,7 +348,7 @@ def test_ct_d_without_k_keeps_its_mask_and_cache_key(tmp_path):
     before_k = {"seed": 1, "max_grad_norm": 1.0, **{key: CT_D[key] for key in (  # no k
         "mask", "p", "scope", "fisher_seed", "fisher_recipe", "fisher_mode")}}
     assert explicit_null.info["cache_key"] == plain.info["cache_key"] \
-        == variants._cache_key(before_k)
+        == mask_cache.key(before_k)
     assert ct_d_child(model, tmp_path / "c", k=2).info["cache_key"] != plain.info["cache_key"]
     reused = ct_d_child(model, tmp_path / "a")
     assert reused.info["source"] == "reused" and reused.info["cache_key"] == plain.info["cache_key"]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from childtune import guard, records, train, variants
+from childtune import guard, mask_cache, records, train
 from childtune.loop import TrainingDiverged
 from reliability_helpers import (compose_cfg, env, overrides, records_under, train_cli,
                                  write_rte)
@@ -123,7 +123,7 @@ def test_two_parallel_joblib_jobs_share_a_mask_and_a_failure_does_not_stop_the_o
     assert by_status["success"].environment["torch_threads"] == max(1, cpu_count() // 2)
     entries = list((results / "cache" / "masks").iterdir())
     assert [e.suffix for e in entries] == [".npz"]  # one complete entry, no temp files
-    masks, _ = variants.load_masks(entries[0])
+    masks, _ = mask_cache.load(entries[0])
     assert masks
 
 
@@ -244,7 +244,7 @@ def test_sigkill_mid_training_leaves_no_record_and_an_intact_cache_then_rerun_co
     assert b"train:" in seen and run.returncode == -signal.SIGKILL, seen[-500:]
     assert records_under(results) == []
     [entry] = (results / "cache" / "masks").glob("*.npz")
-    variants.load_masks(entry)  # complete: the mask was written before training began
+    mask_cache.load(entry)  # complete: the mask was written before training began
 
     rerun = train_cli(args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr
@@ -283,9 +283,9 @@ def test_an_interrupted_write_leaves_the_old_file_and_no_temp_file(tmp_path, mon
         f.write(b"PK\x03\x04 half an entry")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(variants.np, "savez", dies_midway)
+    monkeypatch.setattr(mask_cache.np, "savez", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        variants.save_masks(entry, {"w": torch.ones(3, dtype=torch.bool)}, {})
+        mask_cache.save(entry, {"w": torch.ones(3, dtype=torch.bool)}, {})
     assert list(entry.parent.iterdir()) == []
 
 
@@ -295,7 +295,7 @@ def _hammer(writer: int, folder: str, rounds: int) -> None:
     generator = torch.Generator().manual_seed(writer)
     for i in range(rounds):
         masks = {"w": torch.rand(300, 200, generator=generator) < 0.3}
-        variants.save_masks(entry, masks, {"writer": writer, "round": i})
+        mask_cache.save(entry, masks, {"writer": writer, "round": i})
         records.write_json_atomic(record, {"status": "success", "identity": {}, "writer": writer,
                                            "round": i, "payload": list(range(20_000))})
 
@@ -310,7 +310,7 @@ def test_two_processes_writing_one_record_and_one_cache_entry_never_clobber(tmp_
     while any(w.is_alive() for w in writers):
         if record.exists() and entry.exists():
             assert records.read_record(record).raw["payload"][-1] == 19_999
-            masks, meta = variants.load_masks(entry)
+            masks, meta = mask_cache.load(entry)
             assert masks["w"].shape == (300, 200) and meta["writer"] in (0, 1)
             reads += 1
     for w in writers:
@@ -318,7 +318,7 @@ def test_two_processes_writing_one_record_and_one_cache_entry_never_clobber(tmp_
         assert w.exitcode == 0
     assert reads > 0
     assert records.read_record(record).raw["round"] == 59
-    assert variants.load_masks(entry)[1]["round"] == 59
+    assert mask_cache.load(entry)[1]["round"] == 59
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".tmp"]
     assert leftovers == []
 

@@ -202,3 +202,23 @@ def test_every_combinations_method_passes_the_config_checks_on_each_model(model,
         check_config(config)
         if run["overrides"]["method"].startswith("top_k"):
             assert config["variant"]["k"] == k
+
+
+def test_an_existing_ct_d_mask_keeps_its_cache_key():
+    """The key of the CPU sweep's CT_D mask of cola seed 101 (lr_grid_variants, cpu_full)
+    from the parts train.py gives mask_cache (its record's `mask.cache_key`)."""
+    from childtune import mask_cache
+
+    variant = {"count": None, "decay_frozen": True, "fisher_mode": "train",
+               "fisher_recipe": "official", "fisher_seed": None, "k": None, "mask": "fisher_top",
+               "name": "child_tuning_d", "p": 0.2, "prune": False, "scope": "layers"}
+    cache_parts = {
+        "model": {"lr": 5e-05, "name": "minilm", "no_decay": ["bias", "LayerNorm.weight"],
+                  "path": None, "source": "embedded"},
+        "task": "cola", "data": {"max_seq_length": 128, "n_train": None, "subsample_seed": 0},
+        "train_sha256": "ff690706d5712d2536f7603513811377454b64d724d4c7a4fff0432fbfbe7a00",
+        "batch_size": 16}
+    parts = mask_cache.key_parts(variant, cache_parts, seed=101, max_grad_norm=1.0)
+    assert mask_cache.key(parts) == "88ac256f10e84f44"
+    random = mask_cache.key_parts({**variant, "mask": "random"}, cache_parts, 101, 1.0)
+    assert set(random) == {"model", "seed", "mask", "p", "scope", "fisher_seed"}

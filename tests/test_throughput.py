@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import compose, tiny_model
 
-from childtune import data, loop, records
+from childtune import data, loop, records, tokens
 
 
 def _split(n: int, seed: int = 0) -> data.Split:
@@ -154,10 +154,10 @@ def test_token_cache_hit_equals_miss_and_touches_no_random_state(tokenizer, tmp_
     split = _split(50)
     expected = data.tokenize(split, tokenizer, 32)
     before = _rng_states()
-    cold = data.cached_features(split, tokenizer, 32, tmp_path, "rte-train")
-    files = list((tmp_path / data.TOKENS_CACHE).glob("*.npz"))
+    cold = tokens.cached_features(split, tokenizer, 32, tmp_path, "rte-train")
+    files = list((tmp_path / tokens.TOKENS_CACHE).glob("*.npz"))
     assert len(files) == 1 and files[0].name.startswith("rte-train-")
-    warm = data.cached_features(split, tokenizer, 32, tmp_path, "rte-train")
+    warm = tokens.cached_features(split, tokenizer, 32, tmp_path, "rte-train")
     assert _same_states(before, _rng_states())
     assert cold == expected and warm == expected
     assert all(type(v) is int for f in warm for k in f for v in f[k])
@@ -167,10 +167,10 @@ def test_token_cache_hit_equals_miss_and_touches_no_random_state(tokenizer, tmp_
         assert torch.equal(tensors[0][key], tensors[1][key])
         assert tensors[0][key].dtype == tensors[1][key].dtype
     # another max_seq_length, other examples or another tokenizer state: another file
-    data.cached_features(split, tokenizer, 16, tmp_path, "rte-train")
-    data.cached_features(split.subset(range(49)), tokenizer, 32, tmp_path, "rte-train")
-    assert len(list((tmp_path / data.TOKENS_CACHE).glob("*.npz"))) == 3
-    assert data.tokenizer_fingerprint(tokenizer) != data.tokenizer_fingerprint(
+    tokens.cached_features(split, tokenizer, 16, tmp_path, "rte-train")
+    tokens.cached_features(split.subset(range(49)), tokenizer, 32, tmp_path, "rte-train")
+    assert len(list((tmp_path / tokens.TOKENS_CACHE).glob("*.npz"))) == 3
+    assert tokens.tokenizer_fingerprint(tokenizer) != tokens.tokenizer_fingerprint(
         type(tokenizer).from_pretrained(tokenizer.name_or_path, do_lower_case=False))
 
 
@@ -179,23 +179,23 @@ def test_token_cache_survives_concurrent_writers_and_a_corrupt_file(tokenizer, t
     expected = data.tokenize(split, tokenizer, 64)
     results = []
     workers = [threading.Thread(target=lambda: results.append(
-        data.cached_features(split, tokenizer, 64, tmp_path, "x"))) for _ in range(2)]
+        tokens.cached_features(split, tokenizer, 64, tmp_path, "x"))) for _ in range(2)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
     assert results == [expected, expected]
-    files = list((tmp_path / data.TOKENS_CACHE).iterdir())
+    files = list((tmp_path / tokens.TOKENS_CACHE).iterdir())
     assert len(files) == 1 and not files[0].name.startswith(".")   # no temp file left
     files[0].write_bytes(b"half a file")
-    assert data.cached_features(split, tokenizer, 64, tmp_path, "x") == expected
-    assert data.cached_features(split, tokenizer, 64, tmp_path, "x") == expected
+    assert tokens.cached_features(split, tokenizer, 64, tmp_path, "x") == expected
+    assert tokens.cached_features(split, tokenizer, 64, tmp_path, "x") == expected
 
 
 def test_runs_with_cache_and_grouping(run_tiny, tmp_path):
     plain = run_tiny("trainer.batch_size=4")
     cached = run_tiny("trainer.batch_size=4", "force=true")   # the token cache is warm now
-    assert list((tmp_path / "cache" / data.TOKENS_CACHE).glob("rte-*.npz"))
+    assert list((tmp_path / "cache" / tokens.TOKENS_CACHE).glob("rte-*.npz"))
     assert cached["metrics"] == plain["metrics"]
     assert cached["train"]["batch_order_sha256"] == plain["train"]["batch_order_sha256"]
     grouped = run_tiny("trainer.batch_size=4", "data.group_by_length=true")

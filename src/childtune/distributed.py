@@ -30,7 +30,6 @@ else gloo; these helpers only use collectives that both support."""
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,9 +37,10 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .digest import digest
 from .hooks import RunHook
+from .mask_kinds import FIXED
 
-PER_STEP_OR_NONE = ("none", "bernoulli")  # every other mask kind is fixed: built once, broadcast
 TIMEOUT = timedelta(minutes=60)  # the other ranks wait this long for rank 0's Fisher pass
 
 
@@ -110,13 +110,13 @@ def builds_child(variant: dict) -> bool:
     """Whether this process builds the child network: under DDP a fixed mask (any kind but
     none and bernoulli) is built on rank 0 only; CT_F and vanilla on every rank (nothing to
     share)."""
-    return _context is None or _context.rank == 0 or variant["mask"] in PER_STEP_OR_NONE
+    return _context is None or _context.rank == 0 or variant["mask"] not in FIXED
 
 
 def share_child(child, variant: dict, model):
     """Rank 0's fixed mask on every rank (`child` is None where builds_child said no): rank 0
     keeps its own child network, the others build theirs from the broadcast masks."""
-    if _context is None or variant["mask"] in PER_STEP_OR_NONE:
+    if _context is None or variant["mask"] not in FIXED:
         return child
     from .variants import fixed_child
 
@@ -174,13 +174,6 @@ def wrap(model: torch.nn.Module, seed: int) -> torch.nn.Module:
 
 
 # ---------------------------------------------------------------- replicas in sync
-
-def digest(tensors) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
 
 class ReplicasDiverged(RuntimeError):
     pass

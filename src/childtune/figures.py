@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import mask_cache
 from .evidence import reference_records
 from .records import RunRecord
 from .tables import BEFORE_PRUNE
@@ -165,13 +166,6 @@ def _p(found: list[RunRecord], task: str):
     return next(r.identity["p"] for r in found if r.identity["task"] == task)
 
 
-def read_mask_bits(path: Path) -> np.ndarray:
-    """The packed bits of a cached mask (the format variants.save_masks writes), without torch;
-    the names and shapes are returned as a layout key so only like masks are compared."""
-    with np.load(path) as data:
-        return data["bits"].copy(), str(data["names"]) + str(data["shapes"])
-
-
 def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     both = int(np.bitwise_count(a & b).sum())
     return both / min(int(np.bitwise_count(a).sum()), int(np.bitwise_count(b).sum()))
@@ -183,11 +177,11 @@ def overlap(plan, recs: dict, title: str, path: Path) -> Path | None:
     layouts, p_of, runs, where = set(), {}, _d_records(plan, recs), set()
     for r in runs:
         key, cache = r.mask_cache_key, r.setting("runtime.cache_dir")
-        where.add(str(Path(cache) / "masks") if cache else "no runtime.cache_dir")
-        file = Path(cache) / "masks" / f"{key}.npz" if key and cache else None
+        where.add(str(mask_cache.folder(cache)) if cache else "no runtime.cache_dir")
+        file = mask_cache.path(cache, key) if key and cache else None
         if file is None or not file.is_file():
             continue
-        bits, layout = read_mask_bits(file)
+        bits, layout = mask_cache.read_bits(file)
         layouts.add(layout)
         masks.setdefault(r.identity["task"], {})[r.identity["seed"]] = bits
         p_of[r.identity["task"]] = r.identity["p"]

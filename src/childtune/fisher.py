@@ -4,28 +4,20 @@ One pass over a loader (the caller decides batch size and shuffling) with the mo
 mode (dropout on), as the official code; per batch: forward, backward of the batch-mean loss,
 each in-scope tensor's gradient clipped to `max_grad_norm` on its own, then
 `fisher += grad**2 / n_batches`. The model's own mode is restored afterwards (a model from
-`from_pretrained` is in eval mode)."""
+`from_pretrained` is in eval mode). `statistics` is what the record keeps of a pass."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 
 import torch
 
 from . import chunking
+from .batches import default_loss
 
-NON_MODEL_KEYS = ("idx",)
 FISHER_MODES = ("train", "eval")  # train: dropout on (official); eval: the pre-fix behaviour
-
-
-def model_inputs(model: torch.nn.Module, batch: dict) -> dict:
-    """The batch without bookkeeping keys (`idx`), on the model's device."""
-    device = next(model.parameters()).device
-    return {k: v.to(device) for k, v in batch.items() if k not in NON_MODEL_KEYS}
-
-
-def default_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
-    return model(**model_inputs(model, batch)).loss
+STATISTICS = ("fisher_quantiles", "fisher_log10_histogram")  # the keys `statistics` gives
 
 
 def fisher_information(model: torch.nn.Module, loader: Iterable, names: list[str],
@@ -110,3 +102,52 @@ def _accumulate(fisher: torch.Tensor, grad: torch.Tensor, coef: torch.Tensor | N
         chunk = chunk.float()
         square = torch.mul(chunk, chunk, out=scratch[:chunk.numel()])
         out[start:start + chunking.CHUNK] += square.div_(n_batches)   # grad**2 / n_batches
+
+
+# ---------------------------------------------------------------- what the record keeps
+
+def statistics(fisher: dict[str, torch.Tensor]) -> dict:
+    """The quantiles and the log10 histogram of a pass's values (the record's `mask`)."""
+    return {"fisher_quantiles": dict(zip(["min", "q25", "median", "q75", "max"],
+                                         quantiles(fisher))),
+            "fisher_log10_histogram": log10_histogram(fisher)}
+
+
+def quantiles(fisher: dict[str, torch.Tensor]) -> list[float]:
+    """Quantiles of an evenly strided sample (at most 2**20 values) of all Fisher values in
+    dict order, gathered tensor by tensor (no concatenated copy of the values)."""
+    flats = [f.reshape(-1) for f in fisher.values()]
+    n = sum(f.numel() for f in flats)
+    index = torch.linspace(0, n - 1, min(n, 1 << 20)).long()
+    sample = torch.empty(index.numel(), dtype=flats[0].dtype, device=flats[0].device)
+    start = 0
+    for flat in flats:
+        inside = (index >= start) & (index < start + flat.numel())
+        sample[inside.to(sample.device)] = flat[(index[inside] - start).to(flat.device)]
+        start += flat.numel()
+    return torch.quantile(sample.double().cpu(),
+                          torch.tensor([0, .25, .5, .75, 1.0], dtype=torch.double)).tolist()
+
+
+def log10_histogram(fisher: dict[str, torch.Tensor], bins: int = 40) -> dict:
+    """Counts of log10(Fisher) over `bins` equal bins between the smallest and largest positive
+    value (edges has bins + 1 entries); exact zeros cannot be logged and are counted apart.
+    Two passes, tensor by tensor: no concatenated copy of the values."""
+    def logs():
+        for f in fisher.values():
+            yield f[f > 0].log10().cpu()
+
+    total = sum(f.numel() for f in fisher.values())
+    positive, low, high = 0, math.inf, -math.inf
+    for x in logs():
+        if x.numel():
+            positive += x.numel()
+            low, high = min(low, float(x.min())), max(high, float(x.max()))
+    if positive == 0:
+        return {"counts": [], "edges": [], "zeros": total}
+    counts = torch.zeros(bins)
+    for x in logs():
+        part, edges = torch.histogram(x, bins=bins, range=(low, high))
+        counts += part
+    return {"counts": [int(c) for c in counts.tolist()], "edges": edges.tolist(),
+            "zeros": total - positive}

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .fisher import default_loss, model_inputs
+from .batches import default_loss, model_inputs
 from .records import compact_number
 
 

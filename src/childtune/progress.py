@@ -7,6 +7,7 @@ import shlex
 from pathlib import Path
 
 from . import records
+from .mask_kinds import FISHER
 
 
 def estimate(config: dict) -> float | None:
@@ -21,7 +22,7 @@ def estimate(config: dict) -> float | None:
         return protocol.get("overhead_seconds", 0)  # evaluates the kept CT_D model (prune.py)
     epoch = per_1k * n_train / 1000 / 3 / _optimizer_speedup(config)
     train = epoch * config["trainer"]["epochs"] * _padding_factor(config)
-    if str(config["variant"].get("mask", "")).startswith("fisher"):
+    if config["variant"].get("mask") in FISHER:
         train += epoch      # the Fisher pass: one more epoch (random batches)
     return train + protocol.get("overhead_seconds", 0)
 

@@ -20,6 +20,7 @@ from . import checkpoints, records
 from .errors import UserError
 from .hooks import RunHook
 from .masks import prune_
+from .mask_kinds import CT_D
 
 MODELS = "models"
 
@@ -34,7 +35,7 @@ class CtdRun:
 def _keeps(config: dict) -> bool:
     variant = config["variant"]
     return bool((config.get("runtime") or {}).get("keep_for_prune")) \
-        and variant["mask"] == "fisher_top" and not variant.get("prune")
+        and variant["mask"] == CT_D and not variant.get("prune")
 
 
 def check(config: dict) -> None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .checks import number_in
 from .errors import UserError
-from .fisher import default_loss, model_inputs
+from .batches import default_loss, model_inputs
 
 NOISE_TYPES = ("uniform", "normal")
 

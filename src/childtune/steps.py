@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from . import data, distributed, loggers, loop, models, optim, variants
+from . import data, distributed, loggers, loop, models, optim, tokens, variants
 from .metrics import NotFinite, check_finite
 
 
@@ -23,8 +23,8 @@ def load_data(ctx) -> None:
     token_cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None
     length = cfg.data.max_seq_length
     ctx.encoded = {name: data.Encoded(split, tokenizer, length, task.is_regression,
-                                      data.cached_features(split, tokenizer, length, token_cache,
-                                                           f"{task.name}-{name}"))
+                                      tokens.cached_features(split, tokenizer, length, token_cache,
+                                                             f"{task.name}-{name}"))
                    for name, split in splits.items()}
 
 

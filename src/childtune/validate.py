@@ -15,15 +15,15 @@ import math
 import tempfile
 from pathlib import Path
 
-from . import config_keys, prune, records, regularizers, transfer, variants
+from . import config_keys, mask_cache, prune, records, regularizers, transfer, variants
 from .checks import number_in, positive_int, seed
 from .errors import UnsetValue, UserError
 from .loop import PRECISIONS
+from .mask_kinds import CACHED
 from .optim import OPTIMIZERS, fused_adamw_supported
 from .tasks import get_task
 
 SECTIONS = ("model", "task", "variant", "trainer", "data", "runtime")  # each a conf/ group
-CACHED_MASKS = ("fisher_top", "fisher_bottom", "random")  # variants.build caches these
 
 
 # ---------------------------------------------------------------- the command line
@@ -214,8 +214,8 @@ def check_environment(config: dict) -> None:
     results_dir = Path(config["results_dir"])
     check_writable(results_dir / "runs", "run records", "results_dir")
     cache_dir = config["runtime"].get("cache_dir")
-    if cache_dir and config["variant"]["mask"] in CACHED_MASKS:
-        check_writable(Path(cache_dir) / "masks", "the mask cache", "runtime.cache_dir")
+    if cache_dir and config["variant"]["mask"] in CACHED:
+        check_writable(mask_cache.folder(cache_dir), "the mask cache", "runtime.cache_dir")
     if not config.get("force"):
         check_existing_record(records.record_path(results_dir, records.identity(config)))
 

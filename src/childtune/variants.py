@@ -13,59 +13,55 @@
 `variant.k` (null: all layers) limits the fixed masks of D, random and lowest to the top k
 encoder layers: the mask is selected among the in-scope parameters of those layers, and the
 rest is top_k's child network (pooler and head whole, embeddings and lower layers frozen).
-Fixed masks are cached under a key of everything they depend on and reused."""
+Fixed masks are cached under a key of everything they depend on and reused (mask_cache.py)."""
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import scopes, selection
-from .atomic import atomic_file
+from . import mask_cache, scopes, selection
 from .checks import number_in, positive_int
-from .distributed import digest
+from .digest import digest
 from .errors import UserError
-from .fisher import FISHER_MODES, fisher_information
+from .fisher import FISHER_MODES, STATISTICS, fisher_information
+from .fisher import statistics as fisher_statistics
+from .mask_kinds import KINDS, LAYER_LIMITED, NAMES
 from .masks import ChildTuningD, ChildTuningF, GradientMasker
 
-MASK_KINDS = ("none", "bernoulli", "fisher_top", "fisher_bottom", "random", "top_layers")
-LAYER_LIMITED = ("fisher_top", "fisher_bottom", "random", "top_layers")  # kinds taking variant.k
 FISHER_RECIPES = ("official",)
 
 
 def check_variant(variant: dict) -> None:
     """Bad variant settings fail here, before any data is read or model loaded."""
     kind = variant.get("mask")
-    if kind not in MASK_KINDS:
-        raise UserError(f"variant.mask must be one of {', '.join(MASK_KINDS)}, got {kind!r}")
+    if kind not in NAMES:
+        raise UserError(f"variant.mask must be one of {', '.join(NAMES)}, got {kind!r}")
     if kind == "top_layers" or variant.get("k") is not None:
         _check_k(variant)
-    if kind in ("none", "top_layers"):
+    if not KINDS[kind].sized:
         return
     number_in("variant.p", variant.get("p"), 0, 1, low_open=True, hint=" (the kept fraction)")
     if variant.get("scope") not in ("all", "layers"):
         raise UserError(f"variant.scope must be 'all' or 'layers', got {variant.get('scope')!r}")
-    if kind == "bernoulli" and not variant.get("decay_frozen", True):
+    if not KINDS[kind].fixed and not variant.get("decay_frozen", True):
         raise UserError("variant.decay_frozen=false applies to fixed masks (D, random, lowest, "
                         "prune); CT_F masks change every step")
     if variant.get("draw_bits") is not None and (kind != "bernoulli"
                                                   or variant["draw_bits"] not in (16, 32)):
         raise UserError(f"variant.draw_bits (16 or 32) applies to CT_F's mask=bernoulli, got "
                         f"{variant['draw_bits']!r} with mask={kind}")
-    if kind.startswith("fisher") and variant.get("fisher_recipe") not in FISHER_RECIPES:
+    if KINDS[kind].fisher and variant.get("fisher_recipe") not in FISHER_RECIPES:
         raise UserError(f"variant.fisher_recipe must be one of {FISHER_RECIPES}")
     if variant.get("count") not in (None, "official") or (variant.get("count")
-                                                           and not kind.startswith("fisher")):
+                                                           and not KINDS[kind].fisher):
         raise UserError(f"variant.count must be null (exactly round(p*N) entries) or official "
                         f"(numpy's percentile, ties kept; Fisher masks only), got "
                         f"{variant.get('count')!r} with mask={kind}")
-    if kind.startswith("fisher") and variant.get("fisher_mode") not in FISHER_MODES:
+    if KINDS[kind].fisher and variant.get("fisher_mode") not in FISHER_MODES:
         raise UserError(f"variant.fisher_mode must be one of {', '.join(FISHER_MODES)} (train: "
                         f"dropout on, as the official code), got {variant.get('fisher_mode')!r}")
 
@@ -88,48 +84,6 @@ class ChildNetwork:
     masker: GradientMasker | None = None
     masks: dict[str, torch.Tensor] | None = None   # fixed masks (None for vanilla and F)
     info: dict = field(default_factory=dict)        # what the record says about the mask
-
-
-def _cache_key(parts: dict) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def save_masks(path: Path, masks: dict[str, torch.Tensor], meta: dict) -> None:
-    """Bit-packed (1 bit per entry), written atomically (atomic.py): a killed run or two runs
-    writing the same entry at once never leave a partial file."""
-    flat = torch.cat([m.flatten() for m in masks.values()]).numpy()
-    with atomic_file(path, "wb") as f:
-        np.savez(f, bits=np.packbits(flat), names=json.dumps(list(masks)),
-                 shapes=json.dumps([list(m.shape) for m in masks.values()]),
-                 meta=json.dumps(meta))
-
-
-def load_masks(path: Path, model=None) -> tuple[dict[str, torch.Tensor], dict]:
-    """An unreadable entry, or one that does not fit `model`, is a UserError naming the file:
-    entries are written atomically, so it was damaged outside childtune; deleting it is safe."""
-    try:
-        with np.load(path) as data:
-            names, shapes = json.loads(str(data["names"])), json.loads(str(data["shapes"]))
-            total = sum(math.prod(s) for s in shapes)
-            flat = torch.from_numpy(np.unpackbits(data["bits"], count=total).astype(bool))
-            meta = json.loads(str(data["meta"]))
-        if flat.numel() != total:
-            raise ValueError(f"{flat.numel()} mask bits for {total} entries")
-        params = dict(model.named_parameters()) if model is not None else None
-        wrong = [n for n, shape in zip(names, shapes)
-                 if params is not None and (n not in params or list(params[n].shape) != shape)]
-        if wrong:
-            raise ValueError(f"{wrong[0]} is not a parameter of that shape in the model")
-    except Exception as exc:  # zip, npy, json and shape errors all mean the same thing here
-        raise UserError(f"mask cache entry {path} is unreadable or does not fit the model "
-                        f"({type(exc).__name__}: {str(exc)[:80]}); delete it and rerun "
-                        f"(the mask is recomputed)") from None
-    out, start = {}, 0
-    for name, shape in zip(names, shapes):
-        n = math.prod(shape)
-        out[name] = flat[start:start + n].view(shape).clone()
-        start += n
-    return out, meta
 
 
 def check_kept(path: Path, masks: dict[str, torch.Tensor], p: float) -> None:
@@ -168,51 +122,8 @@ def _fixed_masks(variant: dict, model, fisher_loader, max_grad_norm, seed, progr
     else:
         pick = selection.top_p_mask if kind == "fisher_top" else selection.bottom_p_mask
         selected = pick(fisher, p)
-    summary = {"fisher_seconds": seconds,
-               "fisher_quantiles": dict(zip(["min", "q25", "median", "q75", "max"],
-                                            _quantiles(fisher))),
-               "fisher_log10_histogram": _log10_histogram(fisher)}
+    summary = {"fisher_seconds": seconds, **fisher_statistics(fisher)}
     return selected, summary
-
-
-def _quantiles(fisher: dict[str, torch.Tensor]) -> list[float]:
-    """Quantiles of an evenly strided sample (at most 2**20 values) of all Fisher values in
-    dict order, gathered tensor by tensor (no concatenated copy of the values)."""
-    flats = [f.reshape(-1) for f in fisher.values()]
-    n = sum(f.numel() for f in flats)
-    index = torch.linspace(0, n - 1, min(n, 1 << 20)).long()
-    sample = torch.empty(index.numel(), dtype=flats[0].dtype, device=flats[0].device)
-    start = 0
-    for flat in flats:
-        inside = (index >= start) & (index < start + flat.numel())
-        sample[inside.to(sample.device)] = flat[(index[inside] - start).to(flat.device)]
-        start += flat.numel()
-    return torch.quantile(sample.double().cpu(),
-                          torch.tensor([0, .25, .5, .75, 1.0], dtype=torch.double)).tolist()
-
-
-def _log10_histogram(fisher: dict[str, torch.Tensor], bins: int = 40) -> dict:
-    """Counts of log10(Fisher) over `bins` equal bins between the smallest and largest positive
-    value (edges has bins + 1 entries); exact zeros cannot be logged and are counted apart.
-    Two passes, tensor by tensor: no concatenated copy of the values."""
-    def logs():
-        for f in fisher.values():
-            yield f[f > 0].log10().cpu()
-
-    total = sum(f.numel() for f in fisher.values())
-    positive, low, high = 0, math.inf, -math.inf
-    for x in logs():
-        if x.numel():
-            positive += x.numel()
-            low, high = min(low, float(x.min())), max(high, float(x.max()))
-    if positive == 0:
-        return {"counts": [], "edges": [], "zeros": total}
-    counts = torch.zeros(bins)
-    for x in logs():
-        part, edges = torch.histogram(x, bins=bins, range=(low, high))
-        counts += part
-    return {"counts": [int(c) for c in counts.tolist()], "edges": edges.tolist(),
-            "zeros": total - positive}
 
 
 def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, seed: int,
@@ -235,28 +146,19 @@ def build(variant: dict, model, *, fisher_loader, max_grad_norm: float | None, s
     if kind == "top_layers":
         return fixed_child(variant, model, top_layers, {})
 
-    key_parts = {**cache_parts, "seed": seed, "max_grad_norm": max_grad_norm,
-                 **{k: variant.get(k) for k in ("mask", "p", "scope", "fisher_seed",
-                                                 "fisher_recipe", "fisher_mode")}}
-    if kind == "random":
-        key_parts = {k: key_parts[k] for k in ("model", "seed", "mask", "p", "scope",
-                                              "fisher_seed")}
-    for extra in ("k", "count"):  # only when set: the keys of masks without them stay as they were
-        if variant.get(extra) is not None:
-            key_parts[extra] = variant[extra]
-    key = _cache_key(key_parts)
-    path = cache_dir / "masks" / f"{key}.npz" if cache_dir else None
+    key_parts = mask_cache.key_parts(variant, cache_parts, seed, max_grad_norm)
+    key = mask_cache.key(key_parts)
+    path = mask_cache.path(cache_dir, key) if cache_dir else None
     if path is not None and path.is_file():
-        masks, meta = load_masks(path, model)
+        masks, meta = mask_cache.load(path, model)
         check_kept(path, masks, variant["p"])
         info = {"source": "reused", "fisher_seconds": 0.0, "computed_fisher_seconds":
                 meta.get("fisher_seconds"),
-                **{k: meta[k] for k in ("fisher_quantiles", "fisher_log10_histogram")
-                   if k in meta}}
+                **{k: meta[k] for k in STATISTICS if k in meta}}
     else:
         masks, summary = _fixed_masks(variant, model, fisher_loader, max_grad_norm, seed, progress)
         if path is not None:
-            save_masks(path, masks, {"key_parts": key_parts, **summary})
+            mask_cache.save(path, masks, {"key_parts": key_parts, **summary})
         info = {"source": "computed", "fisher_seconds": 0.0, **summary}
     return fixed_child(variant, model, {**top_layers, **masks}, {**info, "cache_key": key})
 
