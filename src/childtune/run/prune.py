@@ -16,9 +16,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoints, records
-from .errors import UserError
-from .mask_kinds import CT_D
+from .. import checkpoints, records
+from ..errors import UserError
+from ..mask_kinds import CT_D
 
 MODELS = "models"
 

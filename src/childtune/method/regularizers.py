@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
 from .batches import default_loss, model_inputs
+from ..errors import UserError
 
 NOISE_TYPES = ("uniform", "normal")
 

@@ -37,8 +37,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .digest import digest
-from .mask_kinds import FIXED
+from ..mask_kinds import FIXED
+from ..method.digest import digest
 
 TIMEOUT = timedelta(minutes=60)  # the other ranks wait this long for rank 0's Fisher pass
 
@@ -111,7 +111,7 @@ def build_child(build, variant: dict, model):
     on every rank (nothing to share)."""
     if _context is None or variant["mask"] not in FIXED:
         return build()
-    from .variants import fixed_child
+    from ..method.variants import fixed_child
 
     child = build() if _context.rank == 0 else None
     masks = broadcast_masks(child.masks if child is not None else None)

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import checkpoints, jobs, records
-from .errors import UserError
 from .tasks import Task, get_task
+from .. import checkpoints, jobs, records
+from ..errors import UserError
 
 HEAD_PREFIXES = ("classifier.", "logits_proj.", "sequence_summary.", "score.")
 THREE_WAY = ("entailment", "neutral", "contradiction")

@@ -16,11 +16,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import (data, distributed, guard, loggers, loop, memory, models, optim, prune, records,
-               reference_rows, regularizers, tokens, transfer, validate, variants)
+from . import (data, distributed, guard, loop, memory, models, optim, prune, reference_rows,
+               tokens, transfer, validate)
 from . import metrics as metrics_
-from .errors import UserError, resolving
 from .tasks import get_task
+from .. import loggers, records
+from ..errors import UserError, resolving
+from ..method import regularizers, variants
 
 
 def seed_everything(seed: int) -> None:
@@ -212,7 +214,8 @@ def _train_and_evaluate(cfg, config, ident, task, model, child, regularizer, tra
     }
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config",
+            version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     distributed.setup(cfg)  # joins torchrun's process group, if any
     guard.guarded_run(cfg, run, rerun_command)  # error/failure records, exit codes

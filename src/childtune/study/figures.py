@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import mask_cache
 from .evidence import reference_records
 from .tables import BEFORE_PRUNE
+from .. import mask_cache
 
 
 class NotRebuilt(Exception):
