@@ -17,8 +17,8 @@ import torch
 from omegaconf import OmegaConf
 
 import common
-from childtune import data, loop, models, optim
-from childtune.tasks import get_task
+from childtune.run import data, loop, models, optim
+from childtune.run.tasks import get_task
 
 
 def batches(task_name: str, steps: int) -> list[dict]:

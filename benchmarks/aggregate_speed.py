@@ -13,7 +13,8 @@ import sys
 import tempfile
 import time
 
-from childtune import plan, records
+from childtune import records
+from childtune.study import plan
 
 BUDGET_SECONDS = 10.0
 

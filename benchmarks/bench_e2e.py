@@ -1,7 +1,7 @@
 """Question 5: end to end, how fast does a real run train, against the HF Trainer?
 
 One full epoch of the real RTE and CoLA training sets (embedded MiniLM, batch 16, dynamic
-padding, max_seq_length 128, the threads given): the project's run (`childtune.train.run`, the
+padding, max_seq_length 128, the threads given): the project's run (`childtune.run.train.run`, the
 code path every sweep takes, with the repo's default trainer settings) with random batches and
 with `data.group_by_length=true`, against the HF Trainer with the same settings (its default
 optimizer, `DataCollatorWithPadding`) without and with length grouping
@@ -42,7 +42,7 @@ def _compose(overrides: list[str]):
 def ours(task: str, n_train: int | None, work: Path, *extra: str) -> float:
     """Training examples per second of one epoch through the project's run."""
     from childtune.records import read_record
-    from childtune.train import run
+    from childtune.run.train import run
 
     cfg = _compose([f"task={task}", "variant=vanilla", "trainer.epochs=1",
                     f"trainer.batch_size={BATCH}", f"trainer.lr={LR}",
@@ -60,8 +60,8 @@ def hf(task: str, n_train: int | None, work: Path, grouped: bool) -> float:
     from omegaconf import OmegaConf
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from childtune import data, models
-    from childtune.tasks import get_task
+    from childtune.run import data, models
+    from childtune.run.tasks import get_task
 
     spec = get_task(task)
     split = data.load_splits(spec, data.resolve_data_dir(None), n_train, 0)["train"]
@@ -115,7 +115,7 @@ def isolated(name: str, task: str, n_train: int | None, work: Path, threads: int
 
 def run(quick: bool = False, threads: int = 1, n_train: int | None = None) -> dict:
     """`n_train`: a slice of that many training examples instead of the full set (quick: 64)."""
-    from childtune import data
+    from childtune.run import data
 
     common.setup(threads)
     if data.resolve_data_dir(None) is None:

@@ -88,8 +88,8 @@ def contenders(model, fused: bool):
     from omegaconf import OmegaConf
 
     from childtune import ChildTuningD, ChildTuningF, top_p_mask
-    from childtune.masks import encoder_layer_names
-    from childtune.optim import build_optimizer, param_groups
+    from childtune.method.masks import encoder_layer_names
+    from childtune.run.optim import build_optimizer, param_groups
 
     cfg = OmegaConf.create({"optimizer": "adamw_torch", "lr": 1e-6, "weight_decay": 0.01,
                             "adam_betas": [0.9, 0.999], "adam_eps": 1e-8})

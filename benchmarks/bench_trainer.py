@@ -2,7 +2,7 @@
 
 The same model (embedded MiniLM), task (RTE-shaped: 2 labels; real RTE text when the data
 directory is set, else random word pieces) and batching (16 examples padded to 64 tokens),
-alternating blocks of steps: `childtune.loop.train` with the project's AdamW, the HF Trainer
+alternating blocks of steps: `childtune.run.loop.train` with the project's AdamW, the HF Trainer
 with its default optimizer (`adamw_torch_fused` in transformers 5), the HF Trainer with
 `adamw_torch` (the project's optimizer class), and our loop with `AdamW(fused=True)`. Step time = median gap between step ends.
 
@@ -42,9 +42,9 @@ def _random_items(n: int) -> list[dict]:
 
 
 def _rte_items(n: int) -> list[dict] | None:
-    from childtune import data, models
     from childtune.errors import UserError
-    from childtune.tasks import get_task
+    from childtune.run import data, models
+    from childtune.run.tasks import get_task
 
     try:
         data_dir = data.resolve_data_dir(None)
@@ -69,7 +69,7 @@ def collate(items: list[dict]) -> dict:
 def ours(model, dataset, steps: int, fused: bool = False) -> list[float]:
     from omegaconf import OmegaConf
 
-    from childtune import loop, optim
+    from childtune.run import loop, optim
 
     ends = []
     indexed = lambda items: {**collate(items), "idx": torch.arange(len(items))}  # noqa: E731
@@ -130,7 +130,8 @@ def run(quick: bool = False, threads: int = 1) -> dict:
                                  None if name == "hf_default" else "adamw_torch")
     med = {k: common.median(v) for k, v in gaps.items()}
     keys = {"trainer_throughput_ratio": med["hf_default"] / med["ours"]}
-    rows = [["childtune.loop.train (project AdamW)", med["ours"] * 1e3, BATCH / med["ours"], 1.0],
+    rows = [["childtune.run.loop.train (project AdamW)", med["ours"] * 1e3, BATCH / med["ours"],
+             1.0],
             ["HF Trainer, default optim (adamw_torch_fused)", med["hf_default"] * 1e3,
              BATCH / med["hf_default"], med["hf_default"] / med["ours"]]]
     if not quick:
@@ -138,7 +139,7 @@ def run(quick: bool = False, threads: int = 1) -> dict:
                     trainer_throughput_ratio_fused_adamw=med["hf_default"] / med["ours_fused"])
         rows += [["HF Trainer, optim=adamw_torch", med["hf_adamw_torch"] * 1e3,
              BATCH / med["hf_adamw_torch"], med["hf_adamw_torch"] / med["ours"]],
-            ["childtune.loop.train with AdamW(fused=True)", med["ours_fused"] * 1e3,
+            ["childtune.run.loop.train with AdamW(fused=True)", med["ours_fused"] * 1e3,
              BATCH / med["ours_fused"], med["ours_fused"] / med["ours"]]]
     table = common.markdown_table(["training loop (16 x 64 tokens)", "ms / step", "examples / s",
                                    "step time / ours (> 1: ours faster)"], rows)

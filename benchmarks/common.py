@@ -32,7 +32,7 @@ def minilm(num_labels: int = 2):
     """The embedded all-MiniLM-L6-v2 as a sequence classifier (loaded once per process)."""
     from omegaconf import OmegaConf
 
-    from childtune.models import load_model
+    from childtune.run.models import load_model
 
     torch.manual_seed(0)
     return load_model(OmegaConf.create({"source": "embedded", "path": None}), num_labels)

@@ -16,10 +16,11 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from childtune import data, masks, models
-from childtune.fisher import fisher_information
-from childtune.tasks import get_task
-from childtune.train import seed_everything
+from childtune.method import masks
+from childtune.method.fisher import fisher_information
+from childtune.run import data, models
+from childtune.run.tasks import get_task
+from childtune.run.train import seed_everything
 
 
 def main() -> None:

@@ -10,16 +10,16 @@ logging. The same timers wrap the same functions in both, per step:
     forward     the model's forward (loss included)
     backward    Tensor.backward
     clip        torch.nn.utils.clip_grad_norm_ (or its parts get_total_norm and
-                clip_grads_with_norm_, which childtune.loop.clip_grad_norm calls)
+                clip_grads_with_norm_, which childtune.run.loop.clip_grad_norm calls)
     optimizer   optimizer.step() (global step hooks: pre to post)
     scheduler   LRScheduler.step
     zero_grad   Module.zero_grad / Optimizer.zero_grad
     other       the step (gap between step ends) minus all of the above: the loop itself
 
-Every run is a fresh process (the memory setting of `childtune.memory` is process-wide, so no
+Every run is a fresh process (the memory setting of `childtune.run.memory` is process-wide, so no
 contender inherits another's). Contenders alternate in rotated order, `--rounds` rounds of
 `--steps` steps each; the first `--skip` steps of every run are dropped; figures are medians
-over the remaining steps. `ours` is our loop with what `childtune.train.run` sets up around
+over the remaining steps. `ours` is our loop with what `childtune.run.train.run` sets up around
 it; `--baseline REV` adds ours as of git revision REV (e.g. main), for before/after;
 `--hf-kept` adds the HF Trainer in a process with our memory setting.
 
@@ -116,8 +116,8 @@ class Setup:
     def __init__(self, steps: int, task: str, grouped: bool):
         from omegaconf import OmegaConf
 
-        from childtune import data, models
-        from childtune.tasks import get_task
+        from childtune.run import data, models
+        from childtune.run.tasks import get_task
 
         self.model_cfg = OmegaConf.create({"source": "embedded", "path": None})
         self.tokenizer = models.load_tokenizer(self.model_cfg)
@@ -132,7 +132,7 @@ class Setup:
         self.state = models.load_model(self.model_cfg, 2).state_dict()
 
     def model(self):
-        from childtune import models
+        from childtune.run import models
 
         model = models.load_model(self.model_cfg, 2)
         model.load_state_dict(self.state)
@@ -140,13 +140,13 @@ class Setup:
 
 
 def ours(setup: Setup, clock: Clock) -> None:
-    """What `childtune.train.run` does around the loop: one thread, the memory setting."""
+    """What `childtune.run.train.run` does around the loop: one thread, the memory setting."""
     from omegaconf import OmegaConf
 
-    from childtune import loop, optim
+    from childtune.run import loop, optim
 
     try:
-        from childtune import memory   # issue 15
+        from childtune.run import memory   # issue 15
         memory.keep_freed_memory()
     except ImportError:                # an earlier revision
         pass
@@ -171,7 +171,7 @@ def hf(setup: Setup, clock: Clock, keep_freed_memory: bool = False) -> None:
                               TrainingArguments)
 
     if keep_freed_memory:
-        from childtune import memory
+        from childtune.run import memory
 
         memory.keep_freed_memory()
     enc = setup.encoded

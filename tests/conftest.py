@@ -43,7 +43,7 @@ def tiny_data(tmp_path) -> Path:
 @pytest.fixture
 def run_tiny(tiny_data, tmp_path):
     """Run the train entrypoint in-process on the tiny model; returns the record."""
-    from childtune.train import run
+    from childtune.run.train import run
 
     def _run(*overrides: str) -> dict:
         cfg = compose("model=tiny", "task=rte", f"data.dir={tiny_data}", "trainer.epochs=1",

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from childtune import aggregate, plan, records, tables
+from childtune import records
+from childtune.study import aggregate, plan, tables
 from fake_records import fake_failure, fake_record
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -228,7 +229,7 @@ def test_the_aggregator_never_imports_torch(tmp_path, small_plan):
     _write(tmp_path, small_plan)
     code = ("import sys; from childtune import aggregate; "
             f"aggregate.main(['results_dir={tmp_path}']); "
-            "bad = [m for m in ('torch', 'transformers', 'childtune.train', 'childtune.loop') "
+            "bad = [m for m in ('torch', 'transformers', 'childtune.run', 'childtune.method') "
             "if m in sys.modules]; assert not bad, bad")
     env = {**os.environ, "PYTHONPATH": SRC}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)

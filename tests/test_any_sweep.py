@@ -6,7 +6,8 @@ import shlex
 
 import pandas as pd
 
-from childtune import aggregate, plan, records
+from childtune import records
+from childtune.study import aggregate, plan
 from fake_records import fake_record
 
 SWEEP = ["model=tiny", "task=rte", "variant=vanilla,child_tuning_d", "seed=1,2", "study=mine"]

@@ -52,7 +52,9 @@ def test_every_public_name_loads_and_the_old_homes_still_name_them():
     """`from childtune import X` for every name of __all__, and the names masks.py and plan.py
     held before selection / scopes / jobs / progress took them are still the same objects."""
     import childtune
-    from childtune import jobs, masks, plan, progress, scopes, selection
+    from childtune import jobs
+    from childtune.method import masks, scopes, selection
+    from childtune.study import plan, progress
 
     assert all(getattr(childtune, name) is not None for name in childtune.__all__)
     for home in (selection, scopes):

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from childtune import data, models
-from childtune.scopes import encoder_layer_names
-from childtune.tasks import get_task
+from childtune.method.scopes import encoder_layer_names
+from childtune.run import data, models
+from childtune.run.tasks import get_task
 
 from conftest import SHARED_DATA, compose, needs_data
 
@@ -210,7 +210,8 @@ def test_ct_d_freezes_only_inside_the_blocks(family, checkpoints, rte_dir):
     head, the pooler / summary and the embeddings train freely."""
     from omegaconf import OmegaConf
 
-    from childtune import loop, optim, variants
+    from childtune.method import variants
+    from childtune.run import loop, optim
 
     spec = FAMILIES[family]
     cfg = compose(f"model={spec.hub}", f"model.path={checkpoints[family]}", "task=rte",
@@ -271,7 +272,7 @@ VARIANTS = ["vanilla", "child_tuning_f", "child_tuning_d", "random_mask", "lowes
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_variant_runs_and_p1_equals_vanilla(family, checkpoints, rte_dir, tmp_path):
-    from childtune.train import run
+    from childtune.run.train import run
 
     spec = FAMILIES[family]
 

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 import torch
 
-from childtune import guard, mask_cache, records, train, validate
+from childtune import mask_cache, records
+from childtune.run import guard, train, validate
 from reliability_helpers import compose_cfg, overrides, records_under, train_cli, write_rte
 
 

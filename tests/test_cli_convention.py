@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from childtune import aggregate, plan, wandb_tables
+from childtune.study import aggregate, plan, wandb_tables
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -23,7 +23,7 @@ def _cli(module: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("module,expected", [
     ("aggregate", "results_dir=..."), ("plan", "missing=..."),
-    ("wandb_tables", "project=..."), ("train", "Powered by Hydra")])
+    ("study.wandb_tables", "project=..."), ("train", "Powered by Hydra")])
 def test_every_entrypoint_answers_help(module, expected):
     proc = _cli(module, "--help")
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr

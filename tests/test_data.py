@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from childtune.data import Encoded, Split, load_splits, read_local, resolve_data_dir
 from childtune.errors import UserError
-from childtune.models import load_tokenizer
-from childtune.tasks import TASKS, get_task
+from childtune.run.data import Encoded, Split, load_splits, read_local, resolve_data_dir
+from childtune.run.models import load_tokenizer
+from childtune.run.tasks import TASKS, get_task
 
 from conftest import SHARED_DATA, compose, needs_data
 

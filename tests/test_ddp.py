@@ -15,8 +15,10 @@ import torch
 import torch.multiprocessing as tmp_mp
 from omegaconf import OmegaConf
 
-from childtune import distributed, loop, mask_cache, masks as M, records, variants
-from childtune.fisher import fisher_information
+from childtune import mask_cache, records
+from childtune.method import masks as M, variants
+from childtune.method.fisher import fisher_information
+from childtune.run import distributed, loop
 from reliability_helpers import compose_cfg, env, overrides, records_under, write_rte
 
 WORLD, STEPS, P = 2, 4, 0.3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from childtune import data, distributed, hooks, prune, train, transfer, validate
+from childtune.run import data, distributed, hooks, prune, train, transfer, validate
 from conftest import compose
 
 POINTS = ["after_model", "builds_child", "after_child", "after_loaders", "replaces_training",

@@ -13,11 +13,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from childtune import aggregate, evidence, plan, records
-from childtune.data import Split
+from childtune import records
 from childtune.errors import UnsetValue
-from childtune.reference_rows import majority_class
-from childtune.tasks import get_task
+from childtune.run.data import Split
+from childtune.run.reference_rows import majority_class
+from childtune.run.tasks import get_task
+from childtune.study import aggregate, evidence, plan
 
 from conftest import SHARED_DATA, compose, needs_data, run_cli
 from fake_records import fake_identity, fake_record
@@ -165,7 +166,7 @@ def test_the_smallest_size_where_every_seed_learns():
 
 
 def test_a_reference_run_is_a_record_and_the_tables_show_it(tmp_path, tiny_data):
-    from childtune.train import run
+    from childtune.run.train import run
 
     cfg = compose("experiment=reference_rows", "model=tiny", "task=rte", "seed=1",
                   "variant=reference", f"data.dir={tiny_data}",
@@ -212,7 +213,7 @@ def test_cpu_full_main_trains_each_variant_at_its_chosen_rate():
 
 
 def test_train_refuses_a_study_whose_protocol_value_is_not_chosen(tmp_path):
-    from childtune.train import check_config
+    from childtune.run.train import check_config
     from omegaconf import OmegaConf
 
     cfg = compose("experiment=low_resource", "protocol=cpu_full", "data.n_train=100",
@@ -288,7 +289,7 @@ def test_where_vanilla_learns_is_read_from_the_records(tmp_path):
 def test_the_untrained_minilm_scores_stsb_by_cosine_as_measured_in_issue_16(tmp_path):
     """Issue 16 measured the embedded model's zero-shot Pearson on STS-B dev at 86.96; the
     majority class of a regression task has no correlation (null, never a number)."""
-    from childtune.train import run
+    from childtune.run.train import run
 
     cfg = compose("experiment=reference_rows", "task=stsb", "variant=reference", "seed=1",
                   f"data.dir={SHARED_DATA}", f"results_dir={tmp_path}", "runtime.progress=false")

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from childtune import ChildTuningD, ChildTuningF, bottom_p_mask, fisher_information, top_p_mask
-from childtune import chunking, selection
-from childtune import masks as M
-from childtune.scopes import encoder_layer_names
-from childtune.selection import kept_count
+from childtune.method import chunking, selection
+from childtune.method import masks as M
+from childtune.method.scopes import encoder_layer_names
+from childtune.method.selection import kept_count
 
 
 # ------------------------------------------------------------------ reference implementations
@@ -208,7 +208,7 @@ def test_f_16_bit_masks_do_not_depend_on_the_chunk_length(monkeypatch, chunk):
 
 
 def test_f_16_bit_draws_are_the_default_and_older_configs_keep_32():
-    from childtune import variants
+    from childtune.method import variants
 
     assert ChildTuningF(shapes_model([(4,)]), p=0.3, seed=0).bits == 16
     model = torch.nn.Linear(3, 2)
@@ -395,7 +395,7 @@ def test_d_on_a_gpu_gives_the_same_gradients_as_the_cpu_path():
 def test_fisher_summary_without_concatenation_equals_the_concatenated_one(layout):
     """The D record's Fisher quantiles and log10 histogram, computed tensor by tensor, are the
     ones the concatenating reference computes (same strided sample, same bins and counts)."""
-    from childtune import fisher as F
+    from childtune.method import fisher as F
 
     g = torch.Generator().manual_seed(layout)
     sizes = torch.randint(1, 900, (2 + layout, 2), generator=g).tolist() + [[1 << 20 if layout == 5 else 7]]
@@ -418,6 +418,6 @@ def test_fisher_summary_without_concatenation_equals_the_concatenated_one(layout
 
 
 def test_fisher_histogram_of_all_zeros():
-    from childtune import fisher as F
+    from childtune.method import fisher as F
 
     assert F.log10_histogram({"a": torch.zeros(3, 2)}) == {"counts": [], "edges": [], "zeros": 6}

@@ -9,8 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from childtune import guard, loop, records, train, validate
+from childtune import records
 from childtune.errors import UserError
+from childtune.run import guard, loop, train, validate
 from reliability_helpers import compose_cfg, overrides, records_under, write_rte
 
 
@@ -92,7 +93,7 @@ def test_an_unknown_key_names_the_valid_keys_of_its_section():
 
 
 def test_every_study_config_has_only_known_keys():
-    from childtune import plan
+    from childtune.study import plan
 
     for study in plan.studies():
         for protocol in ("cpu", "paper"):

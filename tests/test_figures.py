@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from childtune import aggregate, figures, mask_cache, plan, record_plots, records, tables
+from childtune import mask_cache, records
+from childtune.study import aggregate, figures, plan, record_plots, tables
 from fake_records import fake_identity, fake_record
 
 matplotlib.use("Agg")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from childtune import encoder_layer_names, fisher_information, percentile_mask, top_p_mask
-from childtune.selection import kept_count
+from childtune.method.selection import kept_count
 
 from conftest import random_batches, tiny_model
 
@@ -150,7 +150,7 @@ def test_fisher_mode_and_count_are_part_of_the_identity_and_the_mask_cache_key(r
     ({"mask": "fisher_bottom", "fisher_mode": None}, "variant.fisher_mode")])
 def test_bad_fisher_mode_or_count_is_rejected(variant, message):
     from childtune.errors import UserError
-    from childtune.variants import check_variant
+    from childtune.method.variants import check_variant
 
     base = {"p": 0.3, "scope": "layers", "fisher_recipe": "official", "fisher_mode": "train"}
     with pytest.raises(UserError, match=message):

@@ -7,8 +7,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from childtune import loop, masks, optim, records
-from childtune.loop import between_steps
+from childtune import records
+from childtune.method import masks
+from childtune.run import loop, optim
+from childtune.run.loop import between_steps
 
 from conftest import compose, random_batches, tiny_model
 from test_run_invariance import numbers
@@ -160,8 +162,8 @@ def test_the_record_keeps_history_eval_loss_and_parameter_counts(run_tiny):
 
 
 def test_eval_every_is_validated_and_kept_out_of_the_identity():
-    from childtune import validate
     from childtune.errors import UserError
+    from childtune.run import validate
 
     def config(*extra):
         return OmegaConf.to_container(compose("model=tiny", *extra), resolve=True)
@@ -190,7 +192,7 @@ OLD_RECORD = {  # as childtune wrote records before the history: no history, eva
 
 
 def test_records_without_history_still_read_everywhere(tmp_path, run_tiny, capsys):
-    from childtune import aggregate, record_plots
+    from childtune.study import aggregate, record_plots
 
     results = tmp_path / "results"
     new = run_tiny("variant=vanilla", "seed=2")

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from childtune import loop, optim
+from childtune.run import loop, optim
 
 from conftest import ROOT, random_batches, tiny_model
 
@@ -139,7 +139,7 @@ def test_keeping_freed_memory_changes_no_number_and_stops_the_page_faults():
 
 
 def test_a_run_keeps_freed_memory(run_tiny, monkeypatch):
-    from childtune import memory
+    from childtune.run import memory
 
     calls = []
     monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(1))

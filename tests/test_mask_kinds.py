@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from childtune import mask_kinds, variants
+from childtune import mask_kinds
 from childtune.errors import UserError
+from childtune.method import variants
 
 from conftest import ROOT, compose, random_batches, tiny_model
 

@@ -8,8 +8,8 @@ import torch
 
 from childtune import (ChildTuningD, ChildTuningF, bottom_p_mask, encoder_layer_names,
                        fisher_information, prune_, random_mask, top_p_mask)
-from childtune.scopes import mask_statistics
-from childtune.selection import kept_count
+from childtune.method.scopes import mask_statistics
+from childtune.method.selection import kept_count
 
 from conftest import random_batches, tiny_model
 
@@ -242,7 +242,7 @@ def test_mask_statistics_per_layer_and_module():
 def test_fused_adamw_is_the_default_and_masks_still_apply():
     from omegaconf import OmegaConf
 
-    from childtune.optim import build_optimizer
+    from childtune.run.optim import build_optimizer
 
     cfg = OmegaConf.create({"optimizer": "adamw_fused", "lr": 1e-3, "adam_betas": [0.9, 0.999],
                             "adam_eps": 1e-8, "weight_decay": 0.0})

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from childtune.metrics import compute
+from childtune.run.metrics import compute
 
 
 def test_accuracy_and_f1_by_hand():

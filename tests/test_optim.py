@@ -9,8 +9,8 @@ import torch
 from omegaconf import OmegaConf
 
 from childtune import ChildTuningD, ChildTuningF, encoder_layer_names, random_mask
-from childtune.loop import Precision, train
-from childtune.optim import OFFICIAL_NO_DECAY, AdamWHF2021, build_optimizer, param_groups
+from childtune.run.loop import Precision, train
+from childtune.run.optim import OFFICIAL_NO_DECAY, AdamWHF2021, build_optimizer, param_groups
 
 from conftest import CONF, compose, random_batches, tiny_model
 
@@ -296,7 +296,7 @@ def test_fp16_a_non_finite_step_is_skipped_whole():
 
 
 def test_bf16_predictions_are_float_arrays():
-    from childtune.loop import predict
+    from childtune.run.loop import predict
 
     preds, labels = predict(tiny_model(num_labels=1), [
         b | {"labels": b["labels"].float()} for b in batches(2)], regression=True,
@@ -305,7 +305,8 @@ def test_bf16_predictions_are_float_arrays():
 
 
 def test_precision_is_part_of_the_run_identity():
-    from childtune import plan, records
+    from childtune import records
+    from childtune.study import plan
 
     def config_hash(*overrides):
         return records.identity(plan.resolved(list(overrides)))["config_hash"]

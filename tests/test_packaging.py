@@ -52,7 +52,7 @@ def test_the_unpacked_wheel_composes_and_plans_outside_the_checkout(wheel, tmp_p
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "name: tiny" in proc.stdout
-    proc = subprocess.run([sys.executable, "-c", "import childtune.aggregate as a; "
+    proc = subprocess.run([sys.executable, "-c", "import childtune.study.aggregate as a; "
                            "print(a.DEFAULT_REFERENCE.is_file(), a.__file__)"], cwd=work,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.stdout.startswith(f"True {site}"), proc.stdout + proc.stderr

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from childtune import checkpoints, prune, records
+from childtune import checkpoints, records
 from childtune.errors import UserError
+from childtune.run import prune
 from omegaconf import OmegaConf
 
 from conftest import compose

@@ -9,11 +9,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from childtune import loop, mask_cache, masks, optim, regularizers, variants
+from childtune import mask_cache
 from childtune.errors import UserError
-from childtune.batches import default_loss
-from childtune.fisher import fisher_information
+from childtune.method import masks, regularizers, variants
+from childtune.method.batches import default_loss
+from childtune.method.fisher import fisher_information
 from childtune.records import config_hash
+from childtune.run import loop, optim
 
 CONF = Path(__file__).resolve().parents[1] / "src" / "childtune" / "conf"
 DEFAULTS = {name: OmegaConf.to_container(OmegaConf.load(CONF / "regularizer" / f"{name}.yaml"))
@@ -417,7 +419,7 @@ def rte_dir(tmp_path_factory):
 def run_entrypoint(rte_dir, tmp_path, *overrides):
     from hydra import compose, initialize_config_dir
 
-    from childtune import train as entry
+    from childtune.run import train as entry
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[

@@ -16,8 +16,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from childtune import guard, mask_cache, records, train
-from childtune.loop import TrainingDiverged
+from childtune import mask_cache, records
+from childtune.run import guard, train
+from childtune.run.loop import TrainingDiverged
 from reliability_helpers import (compose_cfg, env, overrides, records_under, train_cli,
                                  write_rte)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from childtune import variants
+from childtune.method import variants
 
 from conftest import random_batches, tiny_model
 
@@ -83,7 +83,7 @@ def test_a_changed_label_gets_a_new_mask_and_the_record_names_the_data(run_tiny,
 
 
 def test_the_data_fingerprint_sees_texts_labels_and_order():
-    from childtune.data import Split, fingerprint
+    from childtune.run.data import Split, fingerprint
 
     split = Split([("a b", "c"), ("d", "e f")], [0, 1])
     same = Split([("a b", "c"), ("d", "e f")], [0, 1])

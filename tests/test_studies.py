@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from childtune import plan, records
+from childtune import records
+from childtune.study import plan
 
 # Planned runs per (study, protocol): tasks x variants x [sizes | p values] x seeds.
 EXPECTED = {
@@ -30,7 +31,7 @@ def test_every_study_has_expectations():
 
 @pytest.mark.parametrize("study,protocol", sorted(EXPECTED))
 def test_every_study_composes_for_both_protocols(study, protocol):
-    from childtune import train, transfer
+    from childtune.run import train, transfer
 
     planned = plan.make_plan([f"experiment={study}", f"protocol={protocol}"], identities=False)
     assert planned.study == study and planned.protocol == protocol
@@ -193,7 +194,7 @@ def test_a_bad_study_is_one_clear_error():
 def test_every_combinations_method_passes_the_config_checks_on_each_model(model, k):
     """top_k's k defaults to the model's `top_k` (tiny: 1 of its 2 layers), else 3, so the
     combinations multirun runs unchanged on model=tiny."""
-    from childtune.train import check_config
+    from childtune.run.train import check_config
 
     combos = plan.make_plan(["experiment=combinations", f"model={model}", "task=rte", "seed=1"])
     assert len(combos.runs) == 12

@@ -10,7 +10,8 @@ import pytest
 import torch
 from conftest import compose, tiny_model
 
-from childtune import data, loop, records, tokens
+from childtune import records
+from childtune.run import data, loop, tokens
 
 
 def _split(n: int, seed: int = 0) -> data.Split:
@@ -25,7 +26,7 @@ def _split(n: int, seed: int = 0) -> data.Split:
 def tokenizer():
     from omegaconf import OmegaConf
 
-    from childtune.models import load_tokenizer
+    from childtune.run.models import load_tokenizer
 
     return load_tokenizer(OmegaConf.create({"source": "embedded", "path": None}))
 
@@ -208,7 +209,7 @@ def test_runs_with_cache_and_grouping(run_tiny, tmp_path):
 
 
 def test_plan_estimates_full_data_runs_and_grouped_batches():
-    from childtune import progress
+    from childtune.study import progress
 
     protocol = {"train_seconds": {"rte": 300}, "overhead_seconds": 30,
                 "train_sizes": {"rte": 2500},
@@ -233,8 +234,9 @@ def test_plan_estimates_full_data_runs_and_grouped_batches():
 def test_bad_group_by_length_and_draw_bits_are_user_errors():
     from omegaconf import OmegaConf
 
-    from childtune import train, variants
     from childtune.errors import UserError
+    from childtune.method import variants
+    from childtune.run import train
 
     config = OmegaConf.to_container(compose("data.group_by_length=yes"), resolve=True)
     with pytest.raises(UserError, match="group_by_length"):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from childtune import transfer
 from childtune.errors import UserError
-from childtune.tasks import get_task
+from childtune.run import transfer
+from childtune.run.tasks import get_task
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -51,7 +51,7 @@ def test_the_encoder_moves_to_a_model_with_a_new_head(tmp_path):
     import torch
     from omegaconf import OmegaConf
 
-    from childtune import models
+    from childtune.run import models
 
     cfg = OmegaConf.load(Path(SRC) / "childtune" / "conf" / "model" / "tiny.yaml")
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from childtune.errors import UserError
-from childtune.variants import check_variant
+from childtune.method.variants import check_variant
 
 from conftest import compose
 

@@ -12,8 +12,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from childtune import loggers, loop, records, train
+from childtune import loggers, records
 from childtune.errors import UserError
+from childtune.run import loop, train
 from wandb_files import read_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -188,7 +189,7 @@ def test_none_logger_never_imports_wandb_and_leaves_no_wandb_dir(env):
 
 
 def test_tables_and_figures_upload_to_one_offline_summary_run(env, capsys):
-    from childtune import wandb_tables
+    from childtune.study import wandb_tables
 
     results = env / "results"
     (results / "tables").mkdir(parents=True)
@@ -216,7 +217,7 @@ def test_tables_and_figures_upload_to_one_offline_summary_run(env, capsys):
 
 
 def test_tables_upload_without_tables_is_one_clear_error(env, capsys):
-    from childtune import wandb_tables
+    from childtune.study import wandb_tables
 
     with pytest.raises(SystemExit) as exit_:
         wandb_tables.main([f"results_dir={env / 'empty'}"])

@@ -8,11 +8,11 @@ The names load on first use, so torch-free modules (records, plan, aggregate, ta
 imported without torch."""
 from importlib import import_module
 
-_PUBLIC = {"fisher_information": "fisher",
-           **{name: "masks" for name in ("ChildTuningD", "ChildTuningF", "prune_")},
-           **{name: "selection" for name in ("bottom_p_mask", "percentile_mask", "random_mask",
-                                             "top_p_mask")},
-           **{name: "scopes" for name in ("encoder_layer_names", "mask_statistics")}}
+_PUBLIC = {"fisher_information": "method.fisher",
+           **{name: "method.masks" for name in ("ChildTuningD", "ChildTuningF", "prune_")},
+           **{name: "method.selection" for name in ("bottom_p_mask", "percentile_mask",
+                                                    "random_mask", "top_p_mask")},
+           **{name: "method.scopes" for name in ("encoder_layer_names", "mask_statistics")}}
 __all__ = sorted(_PUBLIC)
 __version__ = "0.1.0"
 

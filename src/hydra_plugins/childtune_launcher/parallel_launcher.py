@@ -1,6 +1,6 @@
 """Hydra instantiates launchers only from the hydra_plugins package: this names childtune's
 parallel launcher there (the code is src/childtune/launcher.py)."""
-from childtune import launcher
+from childtune.run import launcher
 
 
 class ParallelLauncher(launcher.ParallelLauncher):

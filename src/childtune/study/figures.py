@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import mask_cache
 from .evidence import reference_records
-from .records import RunRecord
+from ..records import RunRecord
 from .tables import BEFORE_PRUNE
+from .. import mask_cache
 
 
 class NotRebuilt(Exception):

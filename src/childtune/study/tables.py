@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .plan import TASK_KEYS, Plan
-from .records import RunRecord
+from ..records import RunRecord
 
 BASELINE = "vanilla"
 WITH_CT_D = "_ct_d"   # the combinations study's row of <method> combined with CT_D: <method>_ct_d

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
 from .tasks import Task
+from ..errors import UserError
 
 DATA_DIR_ENV = "CHILDTUNE_DATA_DIR"
 

@@ -15,13 +15,15 @@ import math
 import tempfile
 from pathlib import Path
 
-from . import config_keys, mask_cache, prune, records, regularizers, transfer, variants
-from .checks import number_in, positive_int, seed
-from .errors import UnsetValue, UserError
+from . import prune, transfer
+from ..checks import number_in, positive_int, seed
 from .loop import PRECISIONS
-from .mask_kinds import CACHED
 from .optim import OPTIMIZERS, fused_adamw_supported
 from .tasks import get_task
+from .. import config_keys, mask_cache, records
+from ..errors import UnsetValue, UserError
+from ..mask_kinds import CACHED
+from ..method import regularizers, variants
 
 SECTIONS = ("model", "task", "variant", "trainer", "data", "runtime")  # each a conf/ group
 

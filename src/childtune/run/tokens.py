@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_file
 from .data import Split, fingerprint, tokenize
+from ..atomic import atomic_file
 
 
 TOKENS_CACHE = "tokens"

@@ -137,7 +137,7 @@ class ParallelLauncher(Launcher):
 
     def _killed(self, overrides: Sequence[str], exitcode: int | None) -> JobReturn:
         """The failure record of a job whose process died, and its JobReturn."""
-        from childtune import guard
+        from childtune.run import guard
 
         how = (f"was killed by signal {signal.Signals(-exitcode).name}"
                if exitcode and exitcode < 0 else f"exited with code {exitcode} without reporting")

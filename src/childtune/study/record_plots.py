@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 
-from .records import RunRecord
+from ..records import RunRecord
 
 MAX_LEGEND = 8
 

@@ -18,13 +18,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from . import (distributed, guard, memory, prune, records, reference_rows, regularizers, steps,
-               transfer, validate, variants)
+from . import distributed, guard, memory, prune, reference_rows, steps, transfer, validate
 from .context import RunContext
-from .errors import UserError, resolving
 from .hooks import Hooks
-from .masks import ChildTuningF
 from .tasks import get_task
+from .. import records
+from ..errors import UserError, resolving
+from ..method import regularizers, variants
+from ..method.masks import ChildTuningF
 
 
 def seed_everything(seed: int) -> None:
@@ -150,7 +151,8 @@ def build_record(ctx: RunContext) -> records.RunRecord:
         finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
 
-@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(Path(__file__).resolve().parents[1] / "conf"), config_name="config",
+            version_base="1.3")
 def _main(cfg: DictConfig) -> None:
     distributed.setup(cfg)  # joins torchrun's process group, if any
     guard.guarded_run(cfg, run, rerun_command)  # error/failure records, exit codes

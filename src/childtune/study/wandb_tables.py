@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from . import cli
-from .errors import UserError
-from .loggers import WANDB_MODES, start_run
+from ..errors import UserError
+from ..loggers import WANDB_MODES, start_run
 
 
 def table_files(results_dir: str | Path) -> dict[str, Path]:

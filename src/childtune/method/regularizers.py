@@ -25,9 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import number_in
-from .errors import UserError
+from ..checks import number_in
 from .batches import default_loss, model_inputs
+from ..errors import UserError
 
 NOISE_TYPES = ("uniform", "normal")
 

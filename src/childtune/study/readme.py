@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .atomic import atomic_file
-from .errors import UserError
+from ..atomic import atomic_file
+from ..errors import UserError
 
 BLOCK = re.compile(r"(<!-- table: (?P<name>[^>]+?) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

@@ -22,7 +22,7 @@ import torch
 
 from . import data, models
 from .metrics import compute
-from .records import RunRecord, build
+from ..records import RunRecord, build
 
 POOLING = "mean over tokens of the last hidden states (attention-masked)"
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from . import records
-from .mask_kinds import FISHER
+from .. import records
+from ..mask_kinds import FISHER
 
 
 def estimate(config: dict) -> float | None:

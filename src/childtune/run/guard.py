@@ -23,10 +23,11 @@ from datetime import datetime, timezone
 from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, records
-from .errors import UserError, resolving
+from . import distributed
 from .loop import TrainingDiverged
 from .metrics import NotFinite
+from .. import records
+from ..errors import UserError, resolving
 
 
 class JobFailed(CompactHydraException):

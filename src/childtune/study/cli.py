@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from .errors import UserError
+from ..errors import UserError
 
 HELP = ("-h", "--help")
 

@@ -19,13 +19,14 @@ from pathlib import Path
 import pandas as pd
 
 from . import plan as plans_mod
-from . import cli, evidence, records, tables
-from .errors import UserError
+from . import cli, evidence, tables
 from .plan import Plan
-from .records import RunRecord
+from ..records import RunRecord
 from .readme import read_readme, refresh_readme
+from .. import records
+from ..errors import UserError
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parent / "reference" / "paper.yaml"
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "paper.yaml"
 METHOD = ("Scores x100: each task's headline metric (the record's `headline`; a domain-transfer "
           "column A→B: accuracy on B in the common label space), mean ± sample std (ddof=1) "
           "over seeds, (n) runs. † = fewer runs than the plan names (n/planned): a cell is "

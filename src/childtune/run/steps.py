@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
-from . import data, distributed, loggers, loop, models, optim, tokens, variants
+from . import data, distributed, loop, models, optim, tokens
+from .. import loggers
+from ..method import variants
 from .metrics import NotFinite, check_finite
 
 

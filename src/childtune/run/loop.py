@@ -26,8 +26,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .batches import default_loss, model_inputs
-from .records import compact_number
+from ..method.batches import default_loss, model_inputs
+from ..records import compact_number
 
 
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -16,11 +16,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoints, records
-from .errors import UserError
+from .. import checkpoints, records
+from ..errors import UserError
+from ..mask_kinds import CT_D
+from ..method.masks import prune_
 from .hooks import RunHook
-from .masks import prune_
-from .mask_kinds import CT_D
 
 MODELS = "models"
 

@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from .records import RunRecord
+from ..records import RunRecord
 from .tables import BASELINE, BEFORE_PRUNE, DAGGER, fmt_number, fmt_p, fmt_value, seed_series
 
 ALPHA = 0.05

@@ -37,9 +37,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .digest import digest
+from ..mask_kinds import FIXED
+from ..method.digest import digest
 from .hooks import RunHook
-from .mask_kinds import FIXED
 
 TIMEOUT = timedelta(minutes=60)  # the other ranks wait this long for rank 0's Fisher pass
 
@@ -118,7 +118,7 @@ def share_child(child, variant: dict, model):
     keeps its own child network, the others build theirs from the broadcast masks."""
     if _context is None or variant["mask"] not in FIXED:
         return child
-    from .variants import fixed_child
+    from ..method.variants import fixed_child
 
     masks = broadcast_masks(child.masks if child is not None else None)
     if child is None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import records
+from .. import records
 
 try:
     from hydra.experimental.callback import Callback

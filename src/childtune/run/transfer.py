@@ -25,10 +25,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import checkpoints, jobs, records
-from .errors import UserError
 from .hooks import RunHook
 from .tasks import Task, get_task
+from .. import checkpoints, jobs, records
+from ..errors import UserError
 
 HEAD_PREFIXES = ("classifier.", "logits_proj.", "sequence_summary.", "score.")
 THREE_WAY = ("entailment", "neutral", "contradiction")

@@ -23,14 +23,15 @@ from pathlib import Path
 
 import torch
 
-from . import mask_cache, scopes, selection
-from .checks import number_in, positive_int
+from . import scopes, selection
+from ..checks import number_in, positive_int
 from .digest import digest
-from .errors import UserError
 from .fisher import FISHER_MODES, STATISTICS, fisher_information
 from .fisher import statistics as fisher_statistics
-from .mask_kinds import KINDS, LAYER_LIMITED, NAMES
 from .masks import ChildTuningD, ChildTuningF, GradientMasker
+from .. import mask_cache
+from ..errors import UserError
+from ..mask_kinds import KINDS, LAYER_LIMITED, NAMES
 
 FISHER_RECIPES = ("official",)
 
