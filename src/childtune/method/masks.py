@@ -167,7 +167,7 @@ class ChildTuningF(GradientMasker):
 def _zero_first_moment_is_no_update(optimizer: torch.optim.Optimizer) -> bool:
     """Adam-type optimizers whose update of an entry is exactly 0 while its exp_avg is 0,
     whatever its exp_avg_sq: torch's Adam(W) (every kernel: per-tensor, foreach, fused) and
-    optimizers that declare it (childtune.optim.AdamWHF2021)."""
+    optimizers that declare it (childtune.run.optim.AdamWHF2021)."""
     return (type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
             or getattr(type(optimizer), "zero_first_moment_is_no_update", False))
 
