@@ -7,6 +7,7 @@ import shlex
 import pandas as pd
 
 from childtune import records
+from childtune.jobs import resolved
 from childtune.study import aggregate, plan
 
 SWEEP = ["model=tiny", "task=rte", "variant=vanilla,child_tuning_d", "seed=1,2", "study=mine"]
@@ -22,7 +23,7 @@ def test_a_sweep_of_no_study_has_a_plan():
 def _write_from_commands(results_dir, jobs: list[list[str]], value=lambda ident: 0.5):
     """A record per job, as train writes it (command included), and no saved plan."""
     for job in jobs:
-        config = plan.resolved(job)
+        config = resolved(job)
         ident = records.identity(config)
         records.write_record(results_dir, {
             "status": "success", "identity": ident, "config": config,
