@@ -35,7 +35,7 @@ def official_style_fisher(model, batches, names) -> dict:
 
 def run(quick: bool = False, threads: int = 1) -> dict:
     from childtune import fisher_information
-    from childtune.method.masks import encoder_layer_names
+    from childtune.method.scopes import encoder_layer_names
 
     common.setup(threads)
     model = common.minilm()

@@ -88,7 +88,7 @@ def contenders(model, fused: bool):
     from omegaconf import OmegaConf
 
     from childtune import ChildTuningD, ChildTuningF, top_p_mask
-    from childtune.method.masks import encoder_layer_names
+    from childtune.method.scopes import encoder_layer_names
     from childtune.run.optim import build_optimizer, param_groups
 
     cfg = OmegaConf.create({"optimizer": "adamw_torch", "lr": 1e-6, "weight_decay": 0.01,

@@ -51,7 +51,7 @@ def bert_large_like_scores(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def previous_top_p_mask(scores, p):
     """The implementation before issue 6 (the reference semantics): one concatenated copy."""
-    from childtune.method.masks import kept_count
+    from childtune.method.selection import kept_count
 
     flat = torch.cat([s.flatten().float() for s in scores.values()])
     n = flat.numel()

@@ -16,7 +16,7 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from childtune.method import masks
+from childtune.method import scopes, selection
 from childtune.method.fisher import fisher_information
 from childtune.run import data, models
 from childtune.run.tasks import get_task
@@ -34,7 +34,7 @@ def main() -> None:
                            task.is_regression)
     seed_everything(1)
     model = models.load_model(model_cfg, task.num_labels)
-    names = masks.encoder_layer_names(model)
+    names = scopes.encoder_layer_names(model)
 
     def mask(mode: str, fisher_seed: int):
         start = time.perf_counter()
@@ -44,7 +44,7 @@ def main() -> None:
                                         mode=mode)
         print(f"{mode} mode, fisher_seed {fisher_seed}: {time.perf_counter() - start:.0f} s",
               flush=True)
-        return masks.top_p_mask(fisher, p)
+        return selection.top_p_mask(fisher, p)
 
     old, new, other = mask("eval", 1), mask("train", 1), mask("train", 2)
 
@@ -56,7 +56,7 @@ def main() -> None:
           f"{sum(m.numel() for m in new.values())} in-scope entries")
     print(f"overlap eval-mode vs train-mode mask (seed 1): {overlap(old, new):.4f}")
     print(f"overlap train-mode masks, fisher_seed 1 vs 2:  {overlap(new, other):.4f}")
-    stats = masks.mask_statistics(new, model)
+    stats = scopes.mask_statistics(new, model)
     print("kept fraction per layer (train mode, seed 1):",
           {k: round(v, 4) for k, v in stats["per_layer"].items()})
     print("kept fraction per module:", {k: round(v, 4) for k, v in stats["per_module"].items()})

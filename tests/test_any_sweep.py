@@ -7,6 +7,7 @@ import shlex
 import pandas as pd
 
 from childtune import records
+from childtune.jobs import resolved
 from childtune.study import aggregate, plan
 from fake_records import fake_record
 
@@ -23,7 +24,7 @@ def test_a_sweep_of_no_study_has_a_plan():
 def _write_from_commands(results_dir, jobs: list[list[str]], value=lambda ident: 0.5):
     """A record per job, as train writes it (command included), and no saved plan."""
     for job in jobs:
-        config = plan.resolved(job)
+        config = resolved(job)
         ident = records.identity(config)
         records.write_record(results_dir, fake_record(
             ident, value(ident), config=config,

@@ -48,19 +48,17 @@ def test_hf_trainer_with_a_child_tuning_optimizer(tmp_path):
     assert any(not torch.equal(params[n][m], initial[n][m]) for n, m in masks.items())
 
 
-def test_every_public_name_loads_and_the_old_homes_still_name_them():
-    """`from childtune import X` for every name of __all__, and the names masks.py and plan.py
-    held before selection / scopes / jobs / progress took them are still the same objects."""
-    import childtune
-    from childtune import jobs
-    from childtune.method import masks, scopes, selection
-    from childtune.study import plan, progress
+def test_every_public_name_loads_from_the_method_layer():
+    """`from childtune import X` for every name of __all__: each is the method layer's own
+    object, and importing the package loads no layer until a name is used."""
+    import subprocess
+    import sys
 
-    assert all(getattr(childtune, name) is not None for name in childtune.__all__)
-    for home in (selection, scopes):
-        for name in [n for n in dir(home) if not n.startswith("_")
-                     and getattr(getattr(home, n), "__module__", None) == home.__name__]:
-            assert getattr(masks, name) is getattr(home, name), name
-    for name in ("CONF_DIR", "compose", "encoder_path", "expand", "resolved", "source_job"):
-        assert getattr(plan, name) is getattr(jobs, name), name
-    assert plan.status is progress.status
+    import childtune
+
+    for name in childtune.__all__:
+        assert getattr(childtune, name).__module__.startswith("childtune.method."), name
+    code = ("import sys, childtune; loaded = [m for m in sys.modules if m.startswith("
+            "('childtune.method', 'childtune.run', 'childtune.study'))]; assert not loaded, loaded")
+    assert subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(ROOT / "src")},
+                          capture_output=True, text=True).returncode == 0

@@ -16,7 +16,7 @@ import torch.multiprocessing as tmp_mp
 from omegaconf import OmegaConf
 
 from childtune import mask_cache, records
-from childtune.method import masks as M, variants
+from childtune.method import masks as M, scopes, selection, variants
 from childtune.method.fisher import fisher_information
 from childtune.run import distributed, loop
 from reliability_helpers import compose_cfg, env, overrides, records_under, write_rte
@@ -82,8 +82,8 @@ def _rank(rank: int, out: str) -> None:
 
     # CT_D the official way: every rank's Fisher on its own data gives its own mask.
     model = tiny_model()
-    names = M.encoder_layer_names(model)
-    own = M.top_p_mask(fisher_information(model, loader(seed=100 + rank), names), P)
+    names = scopes.encoder_layer_names(model)
+    own = selection.top_p_mask(fisher_information(model, loader(seed=100 + rank), names), P)
     result["own_mask"] = distributed.digest(own.values())
     # Ours: rank 0 builds (here from its own Fisher), every rank receives it.
     variant = {"mask": "fisher_top", "p": P, "scope": "layers", "decay_frozen": True}
@@ -166,9 +166,9 @@ def test_sharded_batches_split_every_global_batch_and_drop_ones_too_small():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_masks_apply_under_autocast_to_the_parameters_the_optimizer_updates(dtype):
     model = tiny_model()
-    names = M.encoder_layer_names(model)
+    names = scopes.encoder_layer_names(model)
     shapes = {n: p.shape for n, p in model.named_parameters() if n in names}
-    child = M.random_mask(shapes, P, seed=0)
+    child = selection.random_mask(shapes, P, seed=0)
     masker = M.ChildTuningD(model, child)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     masker.attach(optimizer)

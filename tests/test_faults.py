@@ -93,9 +93,10 @@ def test_an_unknown_key_names_the_valid_keys_of_its_section():
 
 
 def test_every_study_config_has_only_known_keys():
+    from childtune import jobs
     from childtune.study import plan
 
     for study in plan.studies():
         for protocol in ("cpu", "paper"):
-            config = plan.resolved([f"experiment={study}", f"protocol={protocol}"])
+            config = jobs.resolved([f"experiment={study}", f"protocol={protocol}"])
             assert validate.config_keys.unknown_keys(config) == [], (study, protocol)

@@ -97,7 +97,7 @@ _PROBE = textwrap.dedent("""
     import hashlib, json, resource, sys
     import torch
     from transformers import BertConfig, BertForSequenceClassification
-    from childtune import loop, memory, optim
+    from childtune.run import loop, memory, optim
     torch.set_num_threads(1)
     kept = memory.keep_freed_memory() if sys.argv[1] == "keep" else False
     torch.manual_seed(0)

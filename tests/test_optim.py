@@ -305,11 +305,10 @@ def test_bf16_predictions_are_float_arrays():
 
 
 def test_precision_is_part_of_the_run_identity():
-    from childtune import records
-    from childtune.study import plan
+    from childtune import jobs, records
 
     def config_hash(*overrides):
-        return records.identity(plan.resolved(list(overrides)))["config_hash"]
+        return records.identity(jobs.resolved(list(overrides)))["config_hash"]
 
     hashes = {config_hash(f"trainer.precision={p}") for p in ("fp32", "bf16", "fp16")}
     assert len(hashes) == 3

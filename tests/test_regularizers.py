@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from childtune import mask_cache
 from childtune.errors import UserError
-from childtune.method import masks, regularizers, variants
+from childtune.method import regularizers, scopes, selection, variants
 from childtune.method.batches import default_loss
 from childtune.method.fisher import fisher_information
 from childtune.records import config_hash
@@ -286,7 +286,7 @@ def test_top_k_rejects_more_layers_than_the_model_has():
                        max_grad_norm=1.0, seed=1, cache_dir=None, cache_parts={})
     with pytest.raises(UserError, match="variant.k"):
         variants.check_variant({"mask": "top_layers", "k": 0})
-    assert masks.top_layers_mask(tiny_model(), 2)["bert.encoder.layer.0.output.dense.weight"].all()
+    assert scopes.top_layers_mask(tiny_model(), 2)["bert.encoder.layer.0.output.dense.weight"].all()
 
 
 # ---------------------------------------------------------------- CT_D within the top k layers
@@ -304,24 +304,24 @@ def top_p_of_fisher(model, names):
     """CT_D's mask chosen among `names` alone, from the Fisher pass build() makes (seed 1)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
-        fisher = fisher_information(model, batches(), masks.encoder_layer_names(model),
+        fisher = fisher_information(model, batches(), scopes.encoder_layer_names(model),
                                     max_grad_norm=1.0)
-    return masks.top_p_mask({n: fisher[n] for n in names}, 0.3)
+    return selection.top_p_mask({n: fisher[n] for n in names}, 0.3)
 
 
 def test_ct_d_with_k_selects_its_mask_within_the_top_layers_only():
     model = tiny_model()
     child = ct_d_child(model, k=1)
-    top = masks.scope_names(model, "layers", 1)
+    top = scopes.scope_names(model, "layers", 1)
     assert top and all(".layer.1." in n for n in top)
-    assert top == [n for n in masks.encoder_layer_names(model) if ".layer.1." in n]
+    assert top == [n for n in scopes.encoder_layer_names(model) if ".layer.1." in n]
     frozen = [n for n in child.masks if n.startswith("bert.embeddings.") or ".layer.0." in n]
     whole = [n for n in child.masks if n.startswith(("bert.pooler.", "classifier."))]
     assert frozen and whole and set(child.masks) == set(frozen) | set(whole) | set(top)
     assert not any(child.masks[n].any() for n in frozen)
     assert all(child.masks[n].all() for n in whole)
     n_top = sum(child.masks[n].numel() for n in top)
-    assert sum(int(child.masks[n].sum()) for n in top) == masks.kept_count(0.3, n_top)
+    assert sum(int(child.masks[n].sum()) for n in top) == selection.kept_count(0.3, n_top)
     expected = top_p_of_fisher(model, top)   # not the top-p of all layers cut to layer 1
     assert all(torch.equal(child.masks[n], expected[n]) for n in top)
     assert child.info["k"] == 1 and child.info["statistics"]["per_layer"]["0"] == 0.0
@@ -342,7 +342,7 @@ def test_ct_d_without_k_keeps_its_mask_and_cache_key(tmp_path):
     model = tiny_model()
     plain = ct_d_child(model, tmp_path / "a")
     explicit_null = ct_d_child(model, tmp_path / "b", k=None)
-    expected = top_p_of_fisher(model, masks.encoder_layer_names(model))
+    expected = top_p_of_fisher(model, scopes.encoder_layer_names(model))
     for child in (plain, explicit_null):
         assert child.masks.keys() == expected.keys()
         assert all(torch.equal(child.masks[n], expected[n]) for n in expected)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from childtune import records
+from childtune import jobs, records
 from childtune.study import plan
 
 # Planned runs per (study, protocol): tasks x variants x [sizes | p values] x seeds.
@@ -38,7 +38,7 @@ def test_every_study_composes_for_both_protocols(study, protocol):
     assert len(planned.runs) == EXPECTED[(study, protocol)]
     assert len({tuple(r["job"]) for r in planned.runs}) == len(planned.runs)
     for run in (planned.runs[0], planned.runs[-1]):
-        config = plan.resolved(run["job"])
+        config = jobs.resolved(run["job"])
         train.check_config(config)
         transfer.check(config)
         assert config["study"] == study
@@ -57,7 +57,7 @@ def test_a_command_line_sweep_wins_over_the_protocol_seeds():
 
 
 def _identity(*overrides: str) -> dict:
-    return records.identity(plan.resolved(list(overrides)))
+    return records.identity(jobs.resolved(list(overrides)))
 
 
 def test_runs_shared_between_studies_have_one_identity():
@@ -77,7 +77,7 @@ def test_runs_shared_between_studies_have_one_identity():
 
 
 def test_main_tuned_lr_runs_each_variant_at_its_own_rate_and_else_is_main():
-    tuned = plan.resolved(["protocol=cpu"])["protocol"]["tuned_lr"]
+    tuned = jobs.resolved(["protocol=cpu"])["protocol"]["tuned_lr"]
     cpu = plan.make_plan(["experiment=main_tuned_lr", "protocol=cpu"])
     assert len(cpu.runs) == 30
     for run in cpu.runs:
@@ -199,7 +199,7 @@ def test_every_combinations_method_passes_the_config_checks_on_each_model(model,
     combos = plan.make_plan(["experiment=combinations", f"model={model}", "task=rte", "seed=1"])
     assert len(combos.runs) == 12
     for run in combos.runs:
-        config = plan.resolved([f"{key}={value}" for key, value in run["overrides"].items()])
+        config = jobs.resolved([f"{key}={value}" for key, value in run["overrides"].items()])
         check_config(config)
         if run["overrides"]["method"].startswith("top_k"):
             assert config["variant"]["k"] == k

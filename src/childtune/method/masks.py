@@ -1,6 +1,6 @@
 """The gradient masking that trains a child network (the maskers), and pruning by a mask.
 Which entries form a fixed child network is chosen in selection.py (by score) and scopes.py
-(by layer); those names stay importable from here.
+(by layer).
 
 A masker multiplies each masked parameter's gradient in place just before `optimizer.step()`
 (a step pre-hook), i.e. after gradient clipping and before the optimizer's moment updates, so
@@ -19,10 +19,6 @@ import numpy as np
 import torch
 
 from . import chunking
-from .scopes import (encoder_layer_names, first_top_layer, layer_index,  # noqa: F401
-                     mask_statistics, module_type, scope_names, top_layers_mask)
-from .selection import (bottom_p_mask, kept_count, percentile_mask, random_mask,  # noqa: F401
-                        top_p_mask)
 
 
 @torch.no_grad()
@@ -167,7 +163,7 @@ class ChildTuningF(GradientMasker):
 def _zero_first_moment_is_no_update(optimizer: torch.optim.Optimizer) -> bool:
     """Adam-type optimizers whose update of an entry is exactly 0 while its exp_avg is 0,
     whatever its exp_avg_sq: torch's Adam(W) (every kernel: per-tensor, foreach, fused) and
-    optimizers that declare it (childtune.optim.AdamWHF2021)."""
+    optimizers that declare it (childtune.run.optim.AdamWHF2021)."""
     return (type(optimizer) in (torch.optim.Adam, torch.optim.AdamW)
             or getattr(type(optimizer), "zero_first_moment_is_no_update", False))
 

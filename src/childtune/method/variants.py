@@ -16,7 +16,6 @@ rest is top_k's child network (pooler and head whole, embeddings and lower layer
 Fixed masks are cached under a key of everything they depend on and reused (mask_cache.py)."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -18,9 +18,8 @@ cell and how many are missing. Composing is slow, so a plan made from
 the same configs (`conf_sha`) is reused, from a manifest or the plan cache
 (.cache/childtune/plans), instead of composed again.
 
-Composing and resolving jobs lives in jobs.py (the run side uses it too; `plan.resolved` and
-the other names it imports from there stay importable from here), what is done and how long
-the rest takes in progress.py. This module never imports torch or the training code."""
+Composing and resolving jobs lives in jobs.py (the run side uses it too), what is done and how
+long the rest takes in progress.py. This module never imports torch or the training code."""
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +34,8 @@ from . import cli, progress
 from .progress import status
 from .. import records
 from ..errors import UnsetValue, UserError, resolving
-from ..jobs import (CONF_DIR, compose, encoder_path, expand, keyed, parse,  # noqa: F401
-                   resolved, resolved_all, source_job)
+from ..jobs import (CONF_DIR, compose, encoder_path, expand, keyed, parse, resolved_all,
+                   source_job)
 
 PLANS = "plans"
 PLAN_CACHE = ".cache/childtune/plans"  # composed plans by overrides and conf_sha

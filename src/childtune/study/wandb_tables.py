@@ -1,7 +1,7 @@
 """Upload the aggregated tables and figures to one wandb summary run.
 
-    python -m childtune.wandb_tables                      # results/tables, results/figures
-    python -m childtune.wandb_tables results_dir=R mode=online
+    python -m childtune.study.wandb_tables                    # results/tables, results/figures
+    python -m childtune.study.wandb_tables results_dir=R mode=online
 
 Each results/tables/<study>.csv becomes the wandb Table `tables/<study>`, each
 results/figures/<name>.png the Image `figures/<name>`. Offline unless WANDB_MODE or --mode says

@@ -1,5 +1,5 @@
 """Hydra instantiates launchers only from the hydra_plugins package: this names childtune's
-parallel launcher there (the code is src/childtune/launcher.py)."""
+parallel launcher there (the code is src/childtune/run/launcher.py)."""
 from childtune.run import launcher
 
 
