@@ -19,12 +19,12 @@ from pathlib import Path
 import pandas as pd
 
 from . import plan as plans_mod
-from . import cli, evidence, tables
+from . import cells, cli, evidence, tables
 from .plan import Plan
-from ..records import RunRecord
 from .readme import read_readme, refresh_readme
 from .. import records
 from ..errors import UserError
+from ..records import RunRecord
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "paper.yaml"
 METHOD = ("Scores x100: each task's headline metric (the record's `headline`; a domain-transfer "
@@ -132,15 +132,15 @@ def _section(plan: Plan, label: str, recs: dict, reference: list[dict], referenc
         title = f"{plan.study}, {label}" + (f", {grid['panel']}" if grid["panel"] else "")
         if grid["panel"]:
             md += [f"### {grid['panel']}", ""]
-        md += [tables.markdown_table(grid["score"]), ""]
-        tex.append(tables.tex_table(grid["score"], f"{title}: mean $\\pm$ std (n)."))
+        md += [cells.markdown_table(grid["score"]), ""]
+        tex.append(cells.tex_table(grid["score"], f"{title}: mean $\\pm$ std (n)."))
         for key, heading, caption in DELTA_GRIDS:
             if grid[key]:
-                md += [heading, "", tables.markdown_table(grid[key]), ""]
-                tex.append(tables.tex_table(grid[key], f"{title}: {caption}"))
+                md += [heading, "", cells.markdown_table(grid[key]), ""]
+                tex.append(cells.tex_table(grid[key], f"{title}: {caption}"))
         for heading, caption, judged in judging(grid):
-            md += [heading, "", tables.markdown_table(judged), ""]
-            tex.append(tables.tex_table(judged, f"{title}: {caption}"))
+            md += [heading, "", cells.markdown_table(judged), ""]
+            tex.append(cells.tex_table(judged, f"{title}: {caption}"))
     entries = tables.paper_entries(reference, plan.study, set(obs["model"]))
     if entries:
         md += [f"Paper's reported numbers for this study ({reference_path}; not our runs):", ""]

@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from ..records import RunRecord
-from .tables import BASELINE, BEFORE_PRUNE, DAGGER, fmt_number, fmt_p, fmt_value, seed_series
+from .cells import DAGGER, fmt_number, fmt_p, fmt_value
+from .tables import BASELINE, BEFORE_PRUNE, seed_series
 
 ALPHA = 0.05
 POWER = 0.8

@@ -24,13 +24,13 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from .cells import delta_text, fmt_number, fmt_p, fmt_value, score_text
 from .plan import TASK_KEYS, Plan
 from ..records import RunRecord
 
 BASELINE = "vanilla"
 WITH_CT_D = "_ct_d"   # the combinations study's row of <method> combined with CT_D: <method>_ct_d
 BEFORE_PRUNE = "prune (before pruning)"
-DAGGER = "†"
 SHORT = {"variant.p": "p", "trainer.lr": "lr"}
 
 
@@ -46,10 +46,6 @@ def _layout_keys(plan: Plan) -> tuple[list[str], list[str]]:
 def _row_variant(run: dict) -> str:
     """The variant a planned run's row is named by: its method in prior_methods/combinations."""
     return run["overrides"].get("method", run["identity"]["variant"])
-
-
-def fmt_value(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _columns(run: dict) -> list[tuple[str, bool, str | None]]:
@@ -232,32 +228,6 @@ def _paper_text(entry: dict, models: set[str]) -> str:
     return value
 
 
-# ---------------------------------------------------------------- rendering
-
-def fmt_number(value: float, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:+.2f}" if signed else f"{value:.2f}"
-
-
-def fmt_p(value: float) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value:.3g}"
-
-
-def score_text(cell: dict) -> str:
-    if cell["n"] == 0:
-        return f"— (0/{cell['n_planned']}){DAGGER}"
-    n = f"({cell['n']})" if cell["complete"] else f"({cell['n']}/{cell['n_planned']}){DAGGER}"
-    return f"{fmt_number(cell['mean'])} ± {fmt_number(cell['std'])} {n}"
-
-
-def delta_text(cell: dict) -> str:
-    if cell["n_pairs"] == 0:
-        return "—"
-    mark = "" if cell["complete"] else DAGGER
-    return f"{fmt_number(cell['delta'], signed=True)} (p={fmt_p(cell['p_ttest_rel'])}){mark}"
-
-
 def _paper_cells(entries: list[dict], row: str, columns: list[str], models: set[str]) -> list:
     return [next((_paper_text(e, models) for e in entries
                   if e["row"] == row and e["column"] == c), "") for c in columns]
@@ -318,26 +288,6 @@ def _versus_text(obs: pd.DataFrame, panel: str, row: str, versus: str | None, co
     d = delta_versus(obs, panel, row, versus, column) if versus else None
     return "" if d is None else (f"{fmt_number(d['delta'], True)} vs {versus} "
                                  f"(p={fmt_p(d['p_ttest_rel'])})")
-
-
-def markdown_table(grid: dict) -> str:
-    lines = ["| " + " | ".join(grid["header"]) + " |",
-             "|" + "---|" * len(grid["header"])]
-    lines += ["| " + " | ".join(row) + " |" for row in grid["rows"]]
-    return "\n".join(lines)
-
-
-_TEX = str.maketrans({"±": r"$\pm$", "†": r"$^\dagger$", "→": r"$\to$", "Δ": r"$\Delta$",
-                      "_": r"\_", "%": r"\%", "&": r"\&", "—": "--"})
-
-
-def tex_table(grid: dict, caption: str) -> str:
-    spec = "l" + "c" * (len(grid["header"]) - 1)
-    body = [" & ".join(c.translate(_TEX) for c in row) + r" \\" for row in grid["rows"]]
-    return "\n".join([r"\begin{table}[t]", r"\centering\small", rf"\begin{{tabular}}{{{spec}}}",
-                      r"\toprule", " & ".join(h.translate(_TEX) for h in grid["header"]) + r" \\",
-                      r"\midrule", *body, r"\bottomrule", r"\end{tabular}",
-                      rf"\caption{{{caption.translate(_TEX)}}}", r"\end{table}"])
 
 
 def paper_csv_columns(stats: pd.DataFrame, reference: list[dict], models: set[str]) -> pd.DataFrame:
