@@ -297,3 +297,33 @@ def test_the_untrained_minilm_scores_stsb_by_cosine_as_measured_in_issue_16(tmp_
     zero_shot = record["reference"]["zero_shot_cosine"]["dev"]["metrics"]
     assert round(100 * zero_shot["pearson"], 2) == 86.96
     assert record["headline"]["value"] is None
+
+
+def test_a_grid_extended_on_one_task_is_one_table_with_that_tasks_own_edge(tmp_path):
+    """An extra sweep (5e-4 on RTE only) joins the grid's table: its rows follow the 2e-4 rows,
+    have no avg (they lack CoLA), and the edge is judged on each task's own grid."""
+    small = plan.make_plan([
+        "experiment=lr_grid_variants", "protocol=cpu_full", "model=tiny", "task=cola,rte",
+        "variant=vanilla,child_tuning_d",
+        '+protocol.studies.lr_grid_variants.extra_sweeps=["task=rte trainer.lr=5.0e-4"]'])
+    best = {"cola": 2e-4, "rte": 2e-4}          # RTE peaks inside its extended grid
+    for run in small.runs:
+        ident = run["identity"]
+        value = 0.6 - abs(math.log(ident["lr"] / best[ident["task"]])) / 100 + ident["seed"] / 1e4
+        records.write_record(tmp_path, fake_record(
+            ident, value, config={"study": "lr_grid_variants", "protocol": {"name": "cpu_full"}}))
+    plan.write_manifest(tmp_path, small)
+    aggregate.run([f"results_dir={tmp_path}", "figures=false"])
+    table = pd.read_csv(tmp_path / "tables" / "lr_grid_variants.csv")
+    rows = list(dict.fromkeys(table["row"]))
+    assert rows[:5] == [f"vanilla lr={lr}" for lr in ("2e-05", "5e-05", "0.0001", "0.0002",
+                                                        "0.0005")]
+    extra = table[table["row"] == "vanilla lr=0.0005"]
+    assert list(extra["column"]) == ["rte"]                     # no cola cell, no avg
+    markdown = (tmp_path / "tables" / "lr_grid_variants.md").read_text()
+    chosen = markdown.split("Chosen learning rate")[1].splitlines()
+    vanilla = next(line for line in chosen if line.startswith("| vanilla"))
+    cola, rte = vanilla.split(" | ")[1:3]
+    assert cola.startswith("0.0002") and evidence.EDGE in cola     # CoLA's grid ends at 2e-4
+    assert rte.startswith("0.0002") and evidence.EDGE not in rte   # RTE's goes on to 5e-4
+    assert "&& python -m childtune.train -m" in markdown          # the launch names both sweeps

@@ -2,6 +2,9 @@
 runs shared between studies have one identity; existing runs keep theirs."""
 from __future__ import annotations
 
+import shlex
+from types import SimpleNamespace
+
 import pytest
 
 from childtune import jobs, records
@@ -223,3 +226,65 @@ def test_an_existing_ct_d_mask_keeps_its_cache_key():
     assert mask_cache.key(parts) == "88ac256f10e84f44"
     random = mask_cache.key_parts({**variant, "mask": "random"}, cache_parts, 101, 1.0)
     assert set(random) == {"model", "seed", "mask", "p", "scope", "fisher_seed"}
+
+
+EXTEND_RTE = '+protocol.studies.lr_grid_variants.extra_sweeps=["task=rte trainer.lr=5.0e-4"]'
+
+
+@pytest.mark.parametrize("narrowing,extended", [
+    ([], True), (["task=cola,rte"], True), (["seed=101"], True),
+    (["task=cola"], False), (["trainer.lr=1e-4"], False)])
+def test_an_extra_sweep_extends_the_grid_on_one_task(narrowing, extended):
+    base = plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full", *narrowing],
+                          identities=False)
+    grown = plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full", EXTEND_RTE,
+                            *narrowing], identities=False)
+    def swept(run: dict) -> dict:
+        return {k: v for k, v in run["overrides"].items() if "extra_sweeps" not in k}
+
+    added = [swept(r) for r in grown.runs if swept(r) not in [swept(b) for b in base.runs]]
+    assert len(grown.runs) == len(base.runs) + len(added)
+    if not extended:
+        assert added == [] and grown.extra == [] and "&&" not in grown.command
+        return
+    seeds = 1 if narrowing == ["seed=101"] else 2
+    assert len(added) == 3 * seeds                                  # variants x seeds
+    assert {(r["task"], r["trainer.lr"]) for r in added} == {("rte", 5e-4)}
+    assert grown.extra == [["task=rte", "trainer.lr=5.0e-4"]]
+    assert grown.command.endswith("&& python -m childtune.train -m " + " ".join(
+        shlex.quote(o) for o in grown.launch) + " task=rte trainer.lr=5.0e-4")
+
+
+def test_the_extra_sweeps_own_launch_plans_only_its_runs():
+    """plan launch=true runs an extra sweep as its own multirun (the study's overrides and the
+    extra sweep's): that multirun's plan is those runs, not the study's grid again."""
+    own = plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full", EXTEND_RTE,
+                          "task=rte", "trainer.lr=5.0e-4"], identities=False)
+    assert own.extra == [] and len(own.runs) == 3 * 2
+
+
+def test_plan_launches_the_study_then_each_extra_sweep(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(plan.subprocess, "run",
+                        lambda command: commands.append(command) or SimpleNamespace(returncode=0))
+    assert plan.main(["experiment=lr_grid_variants", "protocol=cpu_full", "model=tiny",
+                      "task=cola,rte", "variant=vanilla", "seed=101", EXTEND_RTE,
+                      f"results_dir={tmp_path}", "launch=true"]) == 0
+    assert [c[c.index("-m", 2) + 1:] for c in commands] == [
+        [*launch, f"results_dir={tmp_path}", "hydra/launcher=parallel"]
+        for launch in plan.cached_plan(tmp_path, [
+            "experiment=lr_grid_variants", "protocol=cpu_full", "model=tiny", "task=cola,rte",
+            "variant=vanilla", "seed=101", EXTEND_RTE]).launches]
+    assert len(commands) == 2 and commands[1][-4:-2] == ["task=rte", "trainer.lr=5.0e-4"]
+    (saved,) = plan.read_manifests(tmp_path)
+    assert len(saved.runs) == 2 * 4 + 1
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("model=tiny", "must set keys the study sweeps .* it sets model"),
+    ("task=(rte", "is not a list of overrides"),
+    ("", "must set keys the study sweeps .* it sets nothing")])
+def test_a_bad_extra_sweep_is_one_clear_error(entry, message):
+    with pytest.raises(plan.UserError, match=message):
+        plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full",
+                        f'+protocol.studies.lr_grid_variants.extra_sweeps=["{entry}"]'])

@@ -46,6 +46,16 @@ class RunContext:
     result: dict | None = None      # metrics, eval_loss (prune: also before pruning)
     eval_seconds: float = 0.0
 
+    @property
+    def cache_dir(self) -> Path | None:
+        """runtime.cache_dir: the token, mask, model and encoder caches (None: no caching)."""
+        return Path(self.cfg.runtime.cache_dir) if self.cfg.runtime.cache_dir else None
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the record and logs (every hook agrees: DDP rank 0)."""
+        return self.hooks.all("writes", self)
+
     def evaluate(self) -> tuple[dict, dict, float]:
         """Metrics and mean loss per eval split of the model as it is, and the seconds."""
         return loop.evaluate(self.model, self.eval_loaders, self.task.is_regression,

@@ -3,7 +3,6 @@ train.run calls them in order, with the hooks' points between them (hooks.py).""
 from __future__ import annotations
 
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
@@ -22,11 +21,10 @@ def load_data(ctx) -> None:
     splits = data.load_splits(task, ctx.data_dir, cfg.data.n_train, cfg.data.subsample_seed)
     ctx.data_info = data.describe(task, ctx.data_dir, splits)
     ctx.tokenizer = tokenizer = models.load_tokenizer(cfg.model)
-    token_cache = Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None
     length = cfg.data.max_seq_length
     ctx.encoded = {name: data.Encoded(split, tokenizer, length, task.is_regression,
-                                      tokens.cached_features(split, tokenizer, length, token_cache,
-                                                             f"{task.name}-{name}"))
+                                      tokens.cached_features(split, tokenizer, length,
+                                                             ctx.cache_dir, f"{task.name}-{name}"))
                    for name, split in splits.items()}
 
 
@@ -55,7 +53,7 @@ def build_child(ctx) -> variants.ChildNetwork:
         ctx.config["variant"], ctx.model,
         fisher_loader=lambda seed: data.make_loader(train, cfg.trainer.batch_size, seed),
         max_grad_norm=cfg.trainer.max_grad_norm, seed=cfg.seed,
-        cache_dir=Path(cfg.runtime.cache_dir) if cfg.runtime.cache_dir else None,
+        cache_dir=ctx.cache_dir,
         cache_parts=mask_cache_parts(ctx), progress=ctx.progress)
 
 
@@ -88,7 +86,7 @@ def open_logger(ctx):
     """The run's logger (a NullLogger where the hooks say this process does not write),
     closed on every exit, told whether the run failed."""
     ctx.logger = (loggers.build_logger(ctx.cfg.logger, ctx.config, ctx.ident)
-                  if ctx.hooks.all("writes", ctx) else loggers.NullLogger())
+                  if ctx.writes else loggers.NullLogger())
     failed = True
     try:
         yield ctx.logger
@@ -105,7 +103,7 @@ def train(ctx) -> None:
     cfg, model = ctx.cfg, ctx.model
     ctx.precision = loop.Precision(cfg.trainer.precision, next(model.parameters()).device)
     every, steps_per_epoch = cfg.trainer.get("eval_every"), len(ctx.train_loader)
-    writes = ctx.hooks.all("writes", ctx)
+    writes = ctx.writes
 
     def on_step(values: dict) -> None:
         ctx.logger.log_step({**values, "epoch": values["step"] / steps_per_epoch})

@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> Path | None:
     steps.build_optimizer(ctx)
     with steps.open_logger(ctx):
         steps.train(ctx)  # prune: CT_D's kept model instead; DDP: the ranks compared after
-        if not ctx.hooks.all("writes", ctx):  # a DDP rank other than 0: rank 0 writes
+        if not ctx.writes:  # a DDP rank other than 0: rank 0 writes
             return None
         steps.evaluate(ctx)  # prune: evaluated again, pruned
         path, record = write_record(ctx)

@@ -9,7 +9,9 @@
 
 A plan composes the experiment and protocol configs with Hydra's compose API, expands the sweeper
 params the way Hydra's basic sweeper does (a command-line sweep such as `seed=1,2` replaces the
-configs' own), and names each planned run's record path (records.identity / record_path).
+configs' own), adds the protocol's extra sweeps of the study (`extra_sweeps`: a grid extended on
+one task, launched as multiruns of their own), and names each planned run's record path
+(records.identity / record_path).
 
 Plans are saved as manifests, `<results_dir>/plans/<study>-<protocol>-<digest>.json`: every
 multirun writes its own (`ManifestCallback`, configured in src/childtune/conf/config.yaml); this command
@@ -53,6 +55,7 @@ class Plan:
     runs: list[dict]                  # {"overrides", "identity", "path", "transfer", "seconds"}
     sources: list[dict] = field(default_factory=list)  # task transfer: runs the targets start from
     conf_sha: str = ""
+    extra: list[list[str]] = field(default_factory=list)  # extra sweeps, each launched on its own
 
     @property
     def swept(self) -> list[str]:
@@ -73,18 +76,26 @@ class Plan:
         return f"{self.study}-{self.protocol or 'none'}-{self.digest}"
 
     @property
+    def launches(self) -> list[list[str]]:
+        """The multiruns that run this plan: the study's sweep, then each extra sweep."""
+        return [self.launch, *([*self.launch, *extra] for extra in self.extra)]
+
+    @property
     def command(self) -> str:
-        return "python -m childtune.train -m " + " ".join(shlex.quote(o) for o in self.launch)
+        return " && ".join("python -m childtune.train -m " + " ".join(map(shlex.quote, launch))
+                           for launch in self.launches)
 
     def to_json(self) -> dict:
         return {"schema": 1, "study": self.study, "protocol": self.protocol,
                 "launch": self.launch, "command": self.command, "conf_sha": self.conf_sha,
-                "runs": self.runs, "sources": self.sources}
+                "runs": self.runs, "sources": self.sources,
+                **({"extra_sweeps": self.extra} if self.extra else {})}
 
     @classmethod
     def from_json(cls, data: dict) -> "Plan":
         return cls(data["study"], data["protocol"], data["launch"], data["runs"],
-                   data.get("sources", []), data.get("conf_sha", ""))
+                   data.get("sources", []), data.get("conf_sha", ""),
+                   data.get("extra_sweeps", []))
 
 
 # ---------------------------------------------------------------- studies and plans
@@ -137,13 +148,22 @@ def make_plan(overrides: list[str], identities: bool = True) -> Plan:
     if unset := records.unset_study_keys({"study": root.study, "protocol": OmegaConf.to_container(
             root.protocol, resolve=False) if "protocol" in root else None}):
         raise UnsetValue(unset)
-    plan = Plan(root.study, protocol, overrides, [], conf_sha=conf_sha())
-    jobs = expand({k: str(v) for k, v in params.items()}, overrides)
+    extra = extra_sweeps(root, params, overrides)
+    plan = Plan(root.study, protocol, overrides, [], conf_sha=conf_sha(), extra=extra)
+    params = {k: str(v) for k, v in params.items()}
+    jobs = [job for launch in plan.launches for job in expand(params, launch)]
+    jobs = list({json.dumps(keyed(job), sort_keys=True): job for job in jobs}.values())
+    if plan.extra:
+        jobs = _in_sweep_order(jobs)
     if not identities:
         plan.runs = [{"overrides": keyed(job), "job": job} for job in jobs]
         return plan
+    seen: set[str] = set()
     for job, config in zip(jobs, resolved_all(jobs)):
         ident = records.identity(config)
+        if _relative(ident) in seen:  # an extra sweep that names a run the study has
+            continue
+        seen.add(_relative(ident))
         run = {"overrides": {k: v for k, v in keyed(job).items() if _plan_key(k)},
                "identity": ident, "path": _relative(ident), "seconds": progress.estimate(config)}
         transfer = {k: v for k, v in (config.get("transfer") or {}).items() if v}
@@ -154,6 +174,67 @@ def make_plan(overrides: list[str], identities: bool = True) -> Plan:
         plan.runs.append(run)
     plan.sources = _sources(plan.runs)
     return plan
+
+
+def extra_sweeps(root, params: dict, overrides: list[str]) -> list[list[str]]:
+    """`protocol.studies.<study>.extra_sweeps`: sweeps the study's plan adds to its own, each a
+    string of overrides of keys the study sweeps, e.g. "task=rte trainer.lr=5.0e-4" (an lr grid
+    extended on one task: the grid's best rate there was its largest). A command line that
+    narrows a key the extra sweep sets (task=cola) leaves it out unless it allows the extra
+    sweep's values (task=cola,rte keeps it), and one that sets all its keys has its runs."""
+    from omegaconf import OmegaConf
+
+    lines = OmegaConf.select(root, f"protocol.studies.{root.study}.extra_sweeps", default=None)
+    given = {_key(o) for o in overrides}
+    kept = []
+    for line in lines or []:
+        where = f"protocol.studies.{root.study}.extra_sweeps entry {line!r}"
+        try:
+            extra = shlex.split(str(line))
+            keys = [o.get_key_element() for o in parse(extra)]
+        except Exception as exc:  # shlex's ValueError, Hydra's override parse errors
+            raise UserError(f"{where} is not a list of overrides "
+                            f"({str(exc).splitlines()[0]})") from None
+        unswept = [k for k in keys if k not in params]
+        if not keys or unswept:
+            raise UserError(f"{where} must set keys the study sweeps "
+                            f"({', '.join(params) or 'none'}); it sets "
+                            f"{', '.join(unswept) or 'nothing'}")
+        narrowed = [k for k in keys if k in given]
+        if len(narrowed) < len(keys) and all(_values(extra, k) <= _values(overrides, k)
+                                             for k in narrowed):
+            kept.append(extra)
+    return kept
+
+
+def _in_sweep_order(jobs: list[list[str]]) -> list[list[str]]:
+    """Jobs in the order one sweep over the union of their values runs them (the first job's
+    keys outermost first, the table's column keys innermost; numbers by value, other values as
+    they first appear): an extra sweep's runs among the study's, so that in the table (rows in
+    the order they first appear) its 5e-4 row follows the 2e-4 row."""
+    parsed = [keyed(job) for job in jobs]
+    firsts: dict[str, dict[str, int]] = {}
+    for over in parsed:
+        for key, value in over.items():
+            seen = firsts.setdefault(key, {})
+            seen.setdefault(json.dumps(value, sort_keys=True), len(seen))
+
+    def rank(over: dict) -> tuple:
+        return tuple((0, over[k], 0) if isinstance(over.get(k), (int, float)) else
+                     (1, 0, firsts[k].get(json.dumps(over.get(k), sort_keys=True), -1))
+                     for k in sorted(parsed[0], key=lambda k: k in TASK_KEYS))
+
+    return [job for _, job in sorted(zip(map(rank, parsed), jobs), key=lambda pair: pair[0])]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _values(overrides: list[str], key: str) -> set[str]:
+    """The values these overrides give `key`, a sweep expanded (5e-4 and 5.0e-4 are one)."""
+    return {json.dumps(keyed(job)[key], sort_keys=True)
+            for job in expand({}, [o for o in overrides if _key(o) == key])}
 
 
 def _sources(runs: list[dict]) -> list[dict]:
@@ -325,12 +406,13 @@ def main(argv: list[str] | None = None) -> int:
             if listing:
                 print("\n".join(progress.missing_lines(results_dir, plan)), flush=True)
             if launching and status(results_dir, plan)["missing"]:
-                command = [sys.executable, "-m", "childtune.train", "-m", *launch,
-                           f"results_dir={results_dir}", *shlex.split(options["launcher"])]
-                print("+ " + " ".join(shlex.quote(c) for c in command[1:]), flush=True)
-                if subprocess.run(command).returncode != 0:
-                    print(f"error: the {study} multirun failed", file=sys.stderr)
-                    return 1
+                for sweep in plan.launches:  # finished runs are skipped
+                    command = [sys.executable, "-m", "childtune.train", "-m", *sweep,
+                               f"results_dir={results_dir}", *shlex.split(options["launcher"])]
+                    print("+ " + " ".join(shlex.quote(c) for c in command[1:]), flush=True)
+                    if subprocess.run(command).returncode != 0:
+                        print(f"error: the {study} multirun failed", file=sys.stderr)
+                        return 1
         if len(done) > 1:
             print(progress.total(results_dir, done, jobs))
     except UserError as exc:

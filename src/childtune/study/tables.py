@@ -158,9 +158,12 @@ def seed_series(obs: pd.DataFrame) -> dict[tuple, pd.Series]:
     out = {}
     for (panel, row, column), group in obs.groupby(["panel", "row", "column"], sort=False):
         out[(panel, row, column)] = group.set_index("seed")["value"]
-    for (panel, row), group in obs[obs["in_avg"]].groupby(["panel", "row"], sort=False):
-        wide = group.pivot(index="seed", columns="column", values="value")
-        out[(panel, row, "avg")] = wide.mean(axis=1, skipna=False)  # NaN unless all columns
+    for panel, part in obs[obs["in_avg"]].groupby("panel", sort=False):
+        for row, group in part.groupby("row", sort=False):
+            if set(group["column"]) != set(part["column"]):
+                continue  # a row with fewer columns (an extra sweep's, one task) has no avg
+            wide = group.pivot(index="seed", columns="column", values="value")
+            out[(panel, row, "avg")] = wide.mean(axis=1, skipna=False)  # NaN unless all columns
     return out
 
 
