@@ -198,7 +198,7 @@ def test_paper_numbers_stay_in_their_own_columns(tmp_path, small_plan):
 
 
 def test_the_reference_file_gives_every_number_a_provenance():
-    numbers = aggregate.load_reference(aggregate.DEFAULT_REFERENCE)
+    numbers, _ = aggregate.load_reference(aggregate.DEFAULT_REFERENCE)
     assert numbers
     for entry in numbers:
         assert entry["study"] in plan.studies()

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import plan as plans_mod
-from . import cells, cli, evidence, tables
+from . import cells, claims, cli, evidence, tables
 from .plan import Plan
 from .readme import read_readme, refresh_readme
 from .. import records
@@ -44,13 +44,15 @@ DELTA_GRIDS = (
      "difference to the method without CT_D (p)."))
 
 
-def load_reference(path) -> list[dict]:
+def load_reference(path) -> tuple[list[dict], list[dict]]:
+    """The paper's reported numbers and its claims (claims.py) from the reference file."""
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"paper reference file {path} is missing; pass reference=<file>")
-    return yaml.safe_load(path.read_text()).get("numbers") or []
+    content = yaml.safe_load(path.read_text())
+    return content.get("numbers") or [], content.get("claims") or []
 
 
 def _shown(path) -> str:
@@ -207,9 +209,11 @@ def writable_folder(folder: Path, what: str) -> Path:
 
 def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
                  reference: list[dict], reference_path: str, out_dir: Path,
-                 blocks: dict[str, str] | None = None) -> tuple[list, list]:
+                 blocks: dict[str, str] | None = None,
+                 tests_by_label: dict[str, list] | None = None) -> tuple[list, list]:
     """Writes the study's tables; `blocks` receives each section's body (without its heading
-    and launch line) under "<study> <label>", for README blocks (refresh_readme)."""
+    and launch line) under "<study> <label>", for README blocks (refresh_readme), and
+    `tests_by_label` each section's paired tests under its label (for the claims)."""
     import pandas as pd
 
     md = [f"# {study}", "", "Rebuilt from the run records by `python -m childtune.aggregate`; "
@@ -224,6 +228,8 @@ def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
         tex += part_tex
         frames.append(csv)
         test_frames.append(tests)
+        if tests_by_label is not None:
+            tests_by_label.setdefault(labels[plan.name], []).append(tests)
         observations.append((plan, obs))
     writable_folder(out_dir, "tables")
     paths = [out_dir / f"{study}.{ext}" for ext in ("md", "csv", "tex")]
@@ -234,6 +240,35 @@ def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
     paths[2].write_text("% Rebuilt by python -m childtune.aggregate; needs \\usepackage{booktabs}\n"
                         + "\n\n".join(tex) + "\n")
     return paths, observations
+
+
+CLAIMS_HEADING = (
+    "Each claim of the paper ({reference}) judged by the paired t-test of our table that backs "
+    "it: Δ = mean per-seed difference (seeds paired), Holm p corrected over every test of that "
+    "table (its number in brackets, with the uncorrected p), MDE = the difference that test "
+    "detects with 80% power. A verdict needs Holm p < 0.05; pending = fewer runs than planned. "
+    "Built from the records by `python -m childtune.aggregate`; rules: src/childtune/study/"
+    "claims.py.")
+
+
+def write_claims(paper_claims: list[dict], numbers: list[dict], tests_by_label: dict,
+                 out_dir: Path, reference_path: str, blocks: dict) -> Path | None:
+    """results/tables/claims.md: per label (protocol), the claims whose study has a table;
+    each section is also the README block "claims <label>". None when no claim has a table."""
+    import pandas as pd
+
+    md = ["# claims", "", CLAIMS_HEADING.format(reference=reference_path), ""]
+    for label, frames in tests_by_label.items():
+        judged = claims.rows(paper_claims, numbers, pd.concat(frames))
+        if judged:
+            body = cells.markdown_table(claims.grid(judged))
+            md += [f"## {label}", "", body, ""]
+            blocks[f"claims {label}"] = body
+    if len(md) == 4:
+        return None
+    path = writable_folder(out_dir, "tables") / "claims.md"
+    path.write_text("\n".join(md))
+    return path
 
 
 OPTIONS = {
@@ -261,20 +296,23 @@ def run(argv: list[str]) -> None:
     figures_wanted = cli.flag(options, "figures")
     if options["readme"]:
         read_readme(Path(options["readme"]))  # a malformed file stops us before any work
-    reference = load_reference(options["reference"])
+    reference, paper_claims = load_reference(options["reference"])
     recs = {r.path: r for r in records.read_records(results_dir)}
     plans = all_plans(results_dir, recs)
     chosen = choose_plans(plans, set(recs))
     slugs = _slugs(chosen)
     labels = {name: f"protocol {slug}" for name, slug in slugs.items()}
     planned = {key for p in chosen for r in p.runs for key in (r["path"], _failure_key(r["path"]))}
-    observations, blocks = [], {}
+    observations, blocks, tests_by_label = [], {}, {}
     for study in dict.fromkeys(p.study for p in chosen):
         paths, obs = write_tables(study, [p for p in chosen if p.study == study], labels, recs,
                                   reference, _shown(options["reference"]),
-                                  results_dir / "tables", blocks)
+                                  results_dir / "tables", blocks, tests_by_label)
         observations += obs
         print(f"{study}: wrote {', '.join(str(p) for p in paths)}")
+    if path := write_claims(paper_claims, reference, tests_by_label, results_dir / "tables",
+                            _shown(options["reference"]), blocks):
+        print(f"claims: wrote {path}")
     if options["readme"]:
         done, unknown = refresh_readme(Path(options["readme"]), blocks)
         print(f"{options['readme']}: refreshed table blocks {', '.join(done) or '(none)'}"

@@ -158,12 +158,13 @@ def seed_series(obs: pd.DataFrame) -> dict[tuple, pd.Series]:
     out = {}
     for (panel, row, column), group in obs.groupby(["panel", "row", "column"], sort=False):
         out[(panel, row, column)] = group.set_index("seed")["value"]
-    for panel, part in obs[obs["in_avg"]].groupby("panel", sort=False):
-        for row, group in part.groupby("row", sort=False):
-            if set(group["column"]) != set(part["column"]):
-                continue  # a row with fewer columns (an extra sweep's, one task) has no avg
-            wide = group.pivot(index="seed", columns="column", values="value")
-            out[(panel, row, "avg")] = wide.mean(axis=1, skipna=False)  # NaN unless all columns
+    averaged = obs[obs["in_avg"]]
+    panel_columns = {panel: set(part["column"]) for panel, part in averaged.groupby("panel")}
+    for (panel, row), group in averaged.groupby(["panel", "row"], sort=False):
+        if set(group["column"]) != panel_columns[panel]:
+            continue  # a row with fewer columns (an extra sweep's, one task) has no avg
+        wide = group.pivot(index="seed", columns="column", values="value")
+        out[(panel, row, "avg")] = wide.mean(axis=1, skipna=False)  # NaN unless all columns
     return out
 
 

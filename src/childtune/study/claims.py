@@ -1,0 +1,96 @@
+"""The paper's claims, each judged by the paired test of our table that backs it: one row per
+claim (aggregate writes results/tables/claims.md and the README's `claims` blocks).
+
+A claim (the reference file's `claims`) names a study, a row, the row it is compared with, a
+column (a task or avg) and what the paper found: `expect` higher, lower or similar, with the
+paper's difference (its `numbers` entry for that comparison; where the paper gives a range over
+models, the smallest). The verdict reads the study table's two-sided paired t-test of that
+comparison, its p Holm-corrected over every test of that table, and its MDE (the difference the
+test detects with 80% power):
+
+- pending: the comparison has fewer runs than its plan names (†), or no test yet;
+- supported: Holm p < 0.05 in the paper's direction;
+- contradicted: Holm p < 0.05 in the other direction (for `similar`: any such difference);
+- for `similar` without a significant difference: consistent, but no equivalence is shown (a
+  difference below the MDE is not excluded);
+- otherwise not shown. When the MDE is at most the paper's difference, a difference of the
+  paper's size would have been detected with 80% power: evidence against one that large. When
+  the MDE is larger, the test could not have told: no evidence either way."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from .cells import fmt_number, fmt_p
+
+ALPHA = 0.05
+EXPECT = {"higher": 1, "lower": -1, "similar": 0}
+HEADER = ["claim (paper)", "comparison", "paper Δ (smallest reported)", "ours: Δ (seeds)",
+          "paired t-test: Holm p (p; tests)", "MDE", "verdict"]
+
+
+def paper_delta(claim: dict, numbers: list[dict]) -> float | None:
+    """The paper's difference for the claim's comparison: the `numbers` entry of its study,
+    row (`paper_row` if the paper names the row otherwise), versus and column; the smallest in
+    size when the paper gives one per model."""
+    row = claim.get("paper_row", claim["row"])
+    values = [e["value"] for e in numbers
+              if e["study"] == claim["study"] and e["row"] == row and e["column"] ==
+              claim["column"] and e["quantity"] == "delta" and e.get("versus") == claim["versus"]]
+    return min(values, key=abs) if values else None
+
+
+def verdict(claim: dict, test: dict | None, paper: float | None) -> str:
+    if test is None or not test.get("n_pairs"):
+        return "pending: no runs yet"
+    if not test["complete"]:
+        return "pending: fewer runs than planned (†)"
+    sign, delta, holm = EXPECT[claim["expect"]], test["delta"], test["p_holm"]
+    mde = test["mde_80"]
+    if math.isnan(holm):
+        return "not testable: the differences do not vary (no t-test)"
+    if holm < ALPHA:
+        if sign == 0:
+            return "**contradicted**: a significant difference"
+        return ("**supported**" if delta * sign > 0
+                else "**contradicted**: significant in the other direction")
+    if sign == 0:
+        return "consistent: no significant difference (equivalence not shown)"
+    if paper is not None and not math.isnan(mde) and mde <= abs(paper):
+        return ("**not supported**: not significant, and a difference of the paper's size "
+                "would have been detected (MDE ≤ |paper Δ|)")
+    return "not shown either way: not significant, and the MDE exceeds the paper's Δ"
+
+
+def rows(claims: list[dict], numbers: list[dict], tests: pd.DataFrame) -> list[dict]:
+    """Per claim whose study has tests: the claim, the test that backs it and the verdict."""
+    found = ({} if not len(tests) else
+             {(t["study"], t["row"], t["versus"], t["column"]): t
+              for t in tests.to_dict("records") if not t.get("panel")})
+    out = []
+    for claim in claims:
+        if claim["study"] not in set(tests.get("study", [])):
+            continue
+        test = found.get((claim["study"], claim["row"], claim["versus"], claim["column"]))
+        paper = paper_delta(claim, numbers)
+        out.append({**claim, "paper_delta": paper, "test": test,
+                    "verdict": verdict(claim, test, paper)})
+    return out
+
+
+def grid(judged: list[dict]) -> dict:
+    def ours(t: dict | None) -> str:
+        return "—" if not t or not t["n_pairs"] else (
+            f"{fmt_number(t['delta'], signed=True)} ({int(t['n_pairs'])})")
+
+    def tested(t: dict | None) -> str:
+        return "—" if not t or not t["n_pairs"] else (
+            f"{fmt_p(t['p_holm'])} ({fmt_p(t['p_ttest_rel'])}; {int(t['m_tests'])})")
+
+    return {"header": HEADER, "rows": [
+        [c["statement"], f"{c['study']}: {c['row']} vs {c['versus']}, {c['column']}",
+         "n/a" if c["paper_delta"] is None else fmt_number(c["paper_delta"], signed=True),
+         ours(c["test"]), tested(c["test"]),
+         fmt_number(c["test"]["mde_80"]) if c["test"] else "—", c["verdict"]]
+        for c in judged]}

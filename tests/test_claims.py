@@ -1,0 +1,87 @@
+"""The paper's claims judged by our tables (study/claims.py): the verdict rules case by case, the
+reference file's claims well formed, and the claims block aggregate writes from records."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from childtune import records
+from childtune.study import aggregate, claims, plan
+from fake_records import fake_record
+
+HIGHER = {"statement": "CT_D beats vanilla", "study": "main", "row": "child_tuning_d",
+          "versus": "vanilla", "column": "avg", "expect": "higher"}
+
+
+def _test(delta, p_holm, mde, complete=True, n=5):
+    return {"delta": delta, "p_holm": p_holm, "mde_80": mde, "complete": complete,
+            "n_pairs": n, "p_ttest_rel": p_holm / 3, "m_tests": 3}
+
+
+@pytest.mark.parametrize("expect,test,paper,word", [
+    ("higher", _test(2.0, 0.01, 1.0), 1.5, "**supported**"),
+    ("higher", _test(-2.0, 0.01, 1.0), 1.5, "**contradicted**: significant in the other"),
+    ("higher", _test(0.4, 0.30, 1.2), 1.5, "**not supported**"),       # MDE 1.2 <= 1.5
+    ("higher", _test(0.4, 0.30, 2.5), 1.5, "not shown either way"),    # MDE 2.5 > 1.5
+    ("higher", _test(0.4, 0.30, 1.2), None, "not shown either way"),   # no paper size
+    ("lower", _test(-11.0, 0.001, 3.0), -6.65, "**supported**"),
+    ("lower", _test(-1.0, 0.5, 3.0), -6.65, "**not supported**"),
+    ("similar", _test(-3.0, 0.01, 2.0), 0.18, "**contradicted**: a significant difference"),
+    ("similar", _test(-3.0, 0.20, 4.0), 0.18, "consistent: no significant difference"),
+    ("higher", _test(5.0, 0.001, 1.0, complete=False), 1.5, "pending: fewer runs"),
+    ("higher", None, 1.5, "pending: no runs yet"),
+    ("higher", _test(0.0, math.nan, math.nan), 1.5, "not testable"),
+])
+def test_each_verdict_follows_the_rule(expect, test, paper, word):
+    assert claims.verdict({**HIGHER, "expect": expect}, test, paper).startswith(word)
+
+
+def test_the_paper_difference_is_the_smallest_of_the_papers_models():
+    numbers = [{"study": "main", "row": "ct", "column": "avg", "quantity": "delta",
+                "versus": "vanilla", "value": v} for v in (8.6, 1.5, 3.0)]
+    assert claims.paper_delta({**HIGHER, "paper_row": "ct"}, numbers) == 1.5
+    assert claims.paper_delta(HIGHER, numbers) is None                  # row not in numbers
+
+
+def test_the_reference_files_claims_are_testable_and_match_its_numbers():
+    from childtune.jobs import CONF_DIR
+
+    numbers, paper_claims = aggregate.load_reference(aggregate.DEFAULT_REFERENCE)
+    variants = {p.stem for p in (CONF_DIR / "variant").glob("*.yaml")}
+    assert len(paper_claims) >= 5
+    for claim in paper_claims:
+        assert claim["study"] in plan.studies() and claim["expect"] in claims.EXPECT
+        assert {claim["row"], claim["versus"]} <= variants and claim["statement"].strip()
+        paper = claims.paper_delta(claim, numbers)
+        if claim["expect"] != "similar":                 # the paper's Δ has the claim's sign
+            assert paper is not None and paper * claims.EXPECT[claim["expect"]] > 0
+
+
+def test_aggregate_writes_the_claims_of_the_studies_that_have_tables(tmp_path):
+    launch = ["experiment=main", "protocol=cpu", "model=tiny", "task=rte",
+              "variant=vanilla,child_tuning_d,child_tuning_f", "seed=1,2,3"]
+    small = plan.make_plan(launch)
+    values = {"vanilla": [0.600, 0.620, 0.640],
+              "child_tuning_d": [0.700, 0.721, 0.739],        # +10 points, tiny spread
+              "child_tuning_f": [0.590, 0.630, 0.645]}         # -1, +1, +0.5: not significant
+    for run in small.runs:
+        ident = run["identity"]
+        records.write_record(tmp_path, fake_record(
+            ident, values[ident["variant"]][ident["seed"] - 1],
+            config={"study": "main", "protocol": {"name": "cpu"}}))
+    plan.write_manifest(tmp_path, small)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- table: claims protocol cpu -->\nold\n<!-- /table -->\nend\n")
+    aggregate.run([f"results_dir={tmp_path}", "figures=false", f"readme={readme}"])
+    text = (tmp_path / "tables" / "claims.md").read_text()
+    lines = {line.split(" | ")[1]: line for line in text.splitlines()
+             if line.startswith("| ") and " vs " in line}
+    assert set(lines) == {"main: child_tuning_d vs vanilla, avg",
+                          "main: child_tuning_f vs vanilla, avg"}   # no ablation table: no row
+    assert lines["main: child_tuning_d vs vanilla, avg"].endswith("| **supported** |")
+    assert "| +10.00 (3) |" in lines["main: child_tuning_d vs vanilla, avg"]
+    assert "| +1.50 |" in lines["main: child_tuning_d vs vanilla, avg"]  # BERT-large's gain
+    assert "not shown either way" in lines["main: child_tuning_f vs vanilla, avg"]
+    body = readme.read_text()
+    assert "old" not in body and "| **supported** |" in body and body.endswith("end\n")
