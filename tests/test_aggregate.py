@@ -369,3 +369,27 @@ def test_hostile_plan_inputs_are_one_error_line_and_a_cut_record_is_not_done(
     manifest.write_text(manifest.read_text()[:100])
     assert plan.main(args) == 2
     assert "is not a readable plan" in capsys.readouterr().err
+
+
+def test_plan_sums_the_core_hours_its_done_runs_recorded(tmp_path, small_plan):
+    """Training, Fisher and evaluation seconds times the run's torch threads, over the success
+    records the plan names; failures and missing runs add nothing."""
+    from childtune.study import progress
+
+    measured = {1: (100.0, 20.0, 5.0, 1), 2: (200.0, 0.0, 7.0, 2)}   # train, fisher, eval, threads
+    expected = 0.0
+    for run in small_plan.runs:
+        ident, seed = run["identity"], run["identity"]["seed"]
+        if seed == 3 or ident["task"] != "rte":
+            continue
+        train, fisher, evaluate, threads = measured[seed]
+        records.write_record(tmp_path, fake_record(
+            ident, 0.6, timings={"train_seconds": train, "fisher_seconds": fisher,
+                                 "eval_seconds": evaluate},
+            environment={"torch_threads": threads}))
+        expected += (train + fisher + evaluate) * threads
+    failed = next(r["identity"] for r in small_plan.runs if r["identity"]["seed"] == 3)
+    records.write_record(tmp_path, fake_failure(failed, "nan_loss", "loss is nan"))
+    status = progress.status(tmp_path, small_plan)
+    assert status["recorded_hours"] == pytest.approx(expected / 3600)
+    assert f"({expected / 3600:.1f} CPU-h recorded)" in progress.describe(tmp_path, small_plan, 2)

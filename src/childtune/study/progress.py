@@ -57,11 +57,26 @@ def missing_runs(results_dir, runs: list[dict], sources: list[dict]) -> tuple[li
             [s for s in sources if not Path(s["encoder"]).exists()])
 
 
+def recorded_hours(results_dir, runs: list[dict]) -> float:
+    """The core-hours the done runs' records measured: their training, Fisher and evaluation
+    seconds times the torch threads each used (loading and tokenizing are not recorded)."""
+    seconds = 0.0
+    for run in runs:
+        path = Path(results_dir) / run["path"]
+        record = records.read_record(path) if path.is_file() else None
+        if record is not None and record.succeeded:
+            measured = sum(record.timings.get(k) or 0.0
+                           for k in ("train_seconds", "fisher_seconds", "eval_seconds"))
+            seconds += measured * (record.environment.get("torch_threads") or 1)
+    return seconds / 3600
+
+
 def status(results_dir, plan) -> dict:
     missing, missing_sources = missing_runs(results_dir, plan.runs, plan.sources)
     return {"planned": len(plan.runs), "done": len(plan.runs) - len(missing),
             "missing": len(missing), "sources_missing": len(missing_sources),
-            "cpu_hours": hours(missing + missing_sources)}
+            "cpu_hours": hours(missing + missing_sources),
+            "recorded_hours": recorded_hours(results_dir, plan.runs)}
 
 
 def hours(runs: list[dict]) -> float | None:
@@ -79,8 +94,8 @@ def describe(results_dir, plan, jobs: int) -> str:
     s = status(results_dir, plan)
     extra = f" + {s['sources_missing']} source runs" if plan.sources else ""
     return (f"{plan.study:16s} {plan.protocol or '-':6s} planned {s['planned']:4d}  "
-            f"done {s['done']:4d}  missing {s['missing']:4d}{extra}  "
-            f"({_time(s['cpu_hours'], jobs)})")
+            f"done {s['done']:4d} ({s['recorded_hours']:.1f} CPU-h recorded)  "
+            f"missing {s['missing']:4d}{extra}  ({_time(s['cpu_hours'], jobs)})")
 
 
 def total(results_dir, plans: list, jobs: int) -> str:
@@ -88,7 +103,8 @@ def total(results_dir, plans: list, jobs: int) -> str:
     runs = list({r["path"]: r for p in plans for r in p.runs}.values())
     sources = list({s["path"]: s for p in plans for s in p.sources}.values())
     missing, missing_sources = missing_runs(results_dir, runs, sources)
-    return (f"{'all':23s} distinct {len(runs):4d}  done {len(runs) - len(missing):4d}  "
+    return (f"{'all':23s} distinct {len(runs):4d}  done {len(runs) - len(missing):4d} "
+            f"({recorded_hours(results_dir, runs):.1f} CPU-h recorded)  "
             f"missing {len(missing):4d} + {len(missing_sources)} source runs  "
             f"({_time(hours(missing + missing_sources), jobs)})")
 
