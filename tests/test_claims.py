@@ -85,3 +85,17 @@ def test_aggregate_writes_the_claims_of_the_studies_that_have_tables(tmp_path):
     assert "not shown either way" in lines["main: child_tuning_f vs vanilla, avg"]
     body = readme.read_text()
     assert "old" not in body and "| **supported** |" in body and body.endswith("end\n")
+
+
+def test_seeds_needed_is_the_first_n_whose_mde_reaches_the_difference():
+    from scipy import stats
+
+    from childtune.study import evidence
+
+    n = evidence.seeds_needed(1.0, 0.5)
+    assert evidence.detectable_difference(1.0, n) <= 0.5 < evidence.detectable_difference(1.0,
+                                                                                        n - 1)
+    normal = ((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / 0.5) ** 2   # 31.4, large-n theory
+    assert normal < n < normal + 4                 # the t-test needs a few pairs more
+    assert evidence.seeds_needed(1.0, -0.5) == n   # the sign does not matter
+    assert evidence.seeds_needed(1.0, 0.01) is None and evidence.seeds_needed(0.0, 1.0) is None

@@ -15,7 +15,11 @@ test detects with 80% power):
   difference below the MDE is not excluded);
 - otherwise not shown. When the MDE is at most the paper's difference, a difference of the
   paper's size would have been detected with 80% power: evidence against one that large. When
-  the MDE is larger, the test could not have told: no evidence either way."""
+  the MDE is larger, the test could not have told: no evidence either way.
+
+Beside each directional claim: how many seeds the paired t-test would need to detect the
+paper's Δ with 80% power at α = 0.05 (uncorrected), at the SD of our paired differences; the
+power analysis that says whether a comparison needs more seeds than it has."""
 from __future__ import annotations
 
 import math
@@ -23,11 +27,13 @@ import math
 import pandas as pd
 
 from .cells import fmt_number, fmt_p
+from .evidence import seeds_needed
 
 ALPHA = 0.05
 EXPECT = {"higher": 1, "lower": -1, "similar": 0}
 HEADER = ["claim (paper)", "comparison", "paper Δ (smallest reported)", "ours: Δ (seeds)",
-          "paired t-test: Holm p (p; tests)", "MDE", "verdict"]
+          "paired t-test: Holm p (p; tests)", "MDE", "seeds to detect the paper's Δ", "verdict"]
+SEED_LIMIT = 100
 
 
 def paper_delta(claim: dict, numbers: list[dict]) -> float | None:
@@ -84,6 +90,13 @@ def grid(judged: list[dict]) -> dict:
         return "—" if not t or not t["n_pairs"] else (
             f"{fmt_number(t['delta'], signed=True)} ({int(t['n_pairs'])})")
 
+    def needed(c: dict) -> str:
+        t = c["test"]
+        if c["expect"] == "similar" or c["paper_delta"] is None or not t or t["n_pairs"] < 2:
+            return "n/a"
+        n = seeds_needed(t["sd_diff"], c["paper_delta"], SEED_LIMIT)
+        return f"> {SEED_LIMIT}" if n is None and t["sd_diff"] > 0 else str(n or "n/a")
+
     def tested(t: dict | None) -> str:
         return "—" if not t or not t["n_pairs"] else (
             f"{fmt_p(t['p_holm'])} ({fmt_p(t['p_ttest_rel'])}; {int(t['m_tests'])})")
@@ -92,5 +105,5 @@ def grid(judged: list[dict]) -> dict:
         [c["statement"], f"{c['study']}: {c['row']} vs {c['versus']}, {c['column']}",
          "n/a" if c["paper_delta"] is None else fmt_number(c["paper_delta"], signed=True),
          ours(c["test"]), tested(c["test"]),
-         fmt_number(c["test"]["mde_80"]) if c["test"] else "—", c["verdict"]]
+         fmt_number(c["test"]["mde_80"]) if c["test"] else "—", needed(c), c["verdict"]]
         for c in judged]}

@@ -85,6 +85,16 @@ def detectable_difference(sd: float, n: int, power: float = POWER,
                         xtol=1e-10 * sd))
 
 
+def seeds_needed(sd: float, delta: float, limit: int = 100) -> int | None:
+    """The fewest pairs with which the paired t-test detects a true mean difference `delta`
+    with 80% power at α = 0.05, taking `sd` as the SD of the differences (None: more than
+    `limit`, or no spread to go by)."""
+    if not sd > 0 or not math.isfinite(sd) or not delta:
+        return None
+    return next((n for n in range(2, limit + 1)
+                 if paired_t_power(abs(delta), sd, n) >= POWER), None)
+
+
 def _test(values: pd.Series, base: pd.Series) -> dict:
     from scipy import stats
 
