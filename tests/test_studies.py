@@ -288,3 +288,21 @@ def test_a_bad_extra_sweep_is_one_clear_error(entry, message):
     with pytest.raises(plan.UserError, match=message):
         plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full",
                         f'+protocol.studies.lr_grid_variants.extra_sweeps=["{entry}"]'])
+
+
+def test_a_multirun_inside_a_saved_plan_saves_no_plan_of_its_own(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    whole = ["experiment=main", "protocol=cpu", "model=tiny", "task=rte,mrpc", "seed=1,2"]
+    plan.write_manifest(tmp_path, plan.make_plan(whole))
+
+    def multirun(*overrides):
+        config = OmegaConf.create({"hydra": {"overrides": {"task": list(overrides)}},
+                                   "results_dir": str(tmp_path)})
+        plan.ManifestCallback().on_multirun_start(config)
+        return sorted(p.name for p in (tmp_path / "plans").glob("*.json"))
+
+    assert len(multirun(*whole)) == 1                                      # the same plan
+    assert len(multirun(*whole[:3], "task=rte", "seed=1,2")) == 1          # part of it
+    assert "part of the saved plan main-cpu-" in capsys.readouterr().out
+    assert len(multirun(*whole[:3], "task=rte,cola", "seed=1,2")) == 2     # more than it

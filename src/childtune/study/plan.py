@@ -344,14 +344,28 @@ except ImportError:  # pragma: no cover - hydra is a dependency
     Callback = object
 
 
+def containing_plan(results_dir, plan: Plan) -> Plan | None:
+    """A saved plan of the same study that names every run of this one (and more)."""
+    paths = {run["path"] for run in plan.runs}
+    return next((saved for saved in read_manifests(results_dir)
+                 if saved.study == plan.study and saved.digest != plan.digest
+                 and paths < {run["path"] for run in saved.runs}), None)
+
+
 class ManifestCallback(Callback):
-    """Saves each multirun's plan next to its records, before the first job starts."""
+    """Saves each multirun's plan next to its records, before the first job starts; a
+    multirun that runs part of a saved plan (one task of it, or its extra sweep) saves none:
+    the tables take the larger plan."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
         try:
             plan = make_plan(list(config.hydra.overrides.task))
-            path = write_manifest(config.results_dir, plan)
             done = sum(progress.done(Path(config.results_dir) / run["path"]) for run in plan.runs)
+            if larger := containing_plan(config.results_dir, plan):
+                print(f"plan: {len(plan.runs)} runs ({done} done), part of the saved plan "
+                      f"{larger.name}")
+                return
+            path = write_manifest(config.results_dir, plan)
         except (UserError, OSError) as exc:  # the jobs report their own config errors
             print(f"plan: not saved ({exc})")
             return
