@@ -54,8 +54,10 @@ def test_the_reference_files_claims_are_testable_and_match_its_numbers():
         assert claim["study"] in plan.studies() and claim["expect"] in claims.EXPECT
         assert {claim["row"], claim["versus"]} <= variants and claim["statement"].strip()
         paper = claims.paper_delta(claim, numbers)
-        if claim["expect"] != "similar":                 # the paper's Δ has the claim's sign
+        if claim["expect"] != "similar" and "contrast" not in claim:
             assert paper is not None and paper * claims.EXPECT[claim["expect"]] > 0
+        if "contrast" in claim:                          # a panel the study's plan has
+            assert claim["contrast"] == "data.n_train=None" and claim["study"] == "low_resource"
 
 
 def test_aggregate_writes_the_claims_of_the_studies_that_have_tables(tmp_path):
@@ -99,3 +101,41 @@ def test_seeds_needed_is_the_first_n_whose_mde_reaches_the_difference():
     assert normal < n < normal + 4                 # the t-test needs a few pairs more
     assert evidence.seeds_needed(1.0, -0.5) == n   # the sign does not matter
     assert evidence.seeds_needed(1.0, 0.01) is None and evidence.seeds_needed(0.0, 1.0) is None
+
+
+def test_a_low_resource_gain_is_contrasted_with_the_full_set_gain_seed_by_seed(tmp_path):
+    """Per seed: (CT - vanilla) at n=100 minus (CT - vanilla) on the full set, a paired t-test
+    over seeds written again here with scipy, Holm over the two contrasts (CT_D, CT_F)."""
+    from scipy import stats
+
+    small = plan.make_plan(["experiment=low_resource", "protocol=cpu", "model=tiny", "task=rte",
+                            "data.n_train=100,null", "seed=1,2,3"])
+    values = {(None, "vanilla"): [0.70, 0.72, 0.71], (None, "child_tuning_d"): [0.71, 0.73, 0.73],
+              (None, "child_tuning_f"): [0.70, 0.73, 0.70],
+              (100, "vanilla"): [0.55, 0.56, 0.54], (100, "child_tuning_d"): [0.60, 0.612, 0.588],
+              (100, "child_tuning_f"): [0.56, 0.55, 0.55]}
+    for run in small.runs:
+        ident = run["identity"]
+        records.write_record(tmp_path, fake_record(
+            ident, values[(ident["n_train"], ident["variant"])][ident["seed"] - 1],
+            config={"study": "low_resource", "protocol": {"name": "cpu"}}))
+    plan.write_manifest(tmp_path, small)
+    aggregate.run([f"results_dir={tmp_path}", "figures=false"])
+    lines = [line for line in (tmp_path / "tables" / "claims.md").read_text().splitlines()
+             if "low_resource: (" in line]
+    assert len(lines) == 2                                   # one panel besides the full set
+    p_values = {}
+    for variant in ("child_tuning_d", "child_tuning_f"):
+        contrast = [100 * ((values[(100, variant)][s] - values[(100, "vanilla")][s])
+                           - (values[(None, variant)][s] - values[(None, "vanilla")][s]))
+                    for s in range(3)]
+        p_values[variant] = stats.ttest_1samp(contrast, 0.0).pvalue
+        line = next(line for line in lines if f"({variant} − vanilla) at data.n_train=100 − "
+                    f"at data.n_train=None, avg" in line)
+        assert f"| {sum(contrast) / 3:+.2f} (3) |" in line
+    low, high = sorted(p_values.values())                  # Holm over the two contrasts
+    holm = {v: min(1, 2 * low) if p == low else max(min(1, 2 * low), high)
+            for v, p in p_values.items()}
+    ct_d = next(line for line in lines if "(child_tuning_d" in line)
+    assert f"| {holm['child_tuning_d']:.3g} ({p_values['child_tuning_d']:.3g}; 2) |" in ct_d
+    assert ct_d.endswith("| **supported** |")

@@ -252,14 +252,16 @@ CLAIMS_HEADING = (
 
 
 def write_claims(paper_claims: list[dict], numbers: list[dict], tests_by_label: dict,
-                 out_dir: Path, reference_path: str, blocks: dict) -> Path | None:
+                 obs_by_label: dict, out_dir: Path, reference_path: str,
+                 blocks: dict) -> Path | None:
     """results/tables/claims.md: per label (protocol), the claims whose study has a table;
     each section is also the README block "claims <label>". None when no claim has a table."""
     import pandas as pd
 
     md = ["# claims", "", CLAIMS_HEADING.format(reference=reference_path), ""]
     for label, frames in tests_by_label.items():
-        judged = claims.rows(paper_claims, numbers, pd.concat(frames))
+        judged = claims.rows(paper_claims, numbers, pd.concat(frames),
+                             pd.concat(obs_by_label[label]))
         if judged:
             body = cells.markdown_table(claims.grid(judged))
             md += [f"## {label}", "", body, ""]
@@ -310,8 +312,11 @@ def run(argv: list[str]) -> None:
                                   results_dir / "tables", blocks, tests_by_label)
         observations += obs
         print(f"{study}: wrote {', '.join(str(p) for p in paths)}")
-    if path := write_claims(paper_claims, reference, tests_by_label, results_dir / "tables",
-                            _shown(options["reference"]), blocks):
+    obs_by_label: dict[str, list] = {}
+    for plan, obs in observations:
+        obs_by_label.setdefault(labels[plan.name], []).append(obs)
+    if path := write_claims(paper_claims, reference, tests_by_label, obs_by_label,
+                            results_dir / "tables", _shown(options["reference"]), blocks):
         print(f"claims: wrote {path}")
     if options["readme"]:
         done, unknown = refresh_readme(Path(options["readme"]), blocks)

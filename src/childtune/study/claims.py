@@ -17,6 +17,11 @@ test detects with 80% power):
   paper's size would have been detected with 80% power: evidence against one that large. When
   the MDE is larger, the test could not have told: no evidence either way.
 
+A `contrast` claim compares a difference between two panels of its table: per seed,
+(row - versus) in a panel minus (row - versus) in the `contrast` panel, e.g. Child-Tuning's gain
+at a low-resource size against its gain on the full set, one test per panel, Holm-corrected over
+every contrast test of the claims (they are not tests of the study's own table).
+
 Beside each directional claim: how many seeds the paired t-test would need to detect the
 paper's Δ with 80% power at α = 0.05 (uncorrected), at the SD of our paired differences; the
 power analysis that says whether a comparison needs more seeds than it has."""
@@ -26,8 +31,8 @@ import math
 
 import pandas as pd
 
+from . import evidence
 from .cells import fmt_number, fmt_p
-from .evidence import seeds_needed
 
 ALPHA = 0.05
 EXPECT = {"higher": 1, "lower": -1, "similar": 0}
@@ -69,20 +74,36 @@ def verdict(claim: dict, test: dict | None, paper: float | None) -> str:
     return "not shown either way: not significant, and the MDE exceeds the paper's Δ"
 
 
-def rows(claims: list[dict], numbers: list[dict], tests: pd.DataFrame) -> list[dict]:
-    """Per claim whose study has tests: the claim, the test that backs it and the verdict."""
+def rows(claims: list[dict], numbers: list[dict], tests: pd.DataFrame,
+         obs: pd.DataFrame) -> list[dict]:
+    """Per claim whose study has a table: the claim, the test that backs it and the verdict.
+    A `contrast` claim gets one row per panel of its table besides the contrast's base panel,
+    its tests Holm-corrected over every contrast test of the claims."""
     found = ({} if not len(tests) else
              {(t["study"], t["row"], t["versus"], t["column"]): t
               for t in tests.to_dict("records") if not t.get("panel")})
+    studies = set(obs["study"]) if len(obs) else set()
     out = []
     for claim in claims:
-        if claim["study"] not in set(tests.get("study", [])):
+        if claim["study"] not in studies:
             continue
-        test = found.get((claim["study"], claim["row"], claim["versus"], claim["column"]))
         paper = paper_delta(claim, numbers)
-        out.append({**claim, "paper_delta": paper, "test": test,
-                    "verdict": verdict(claim, test, paper)})
-    return out
+        comparison = f"{claim['study']}: {claim['row']} vs {claim['versus']}, {claim['column']}"
+        if "contrast" not in claim:
+            test = found.get((claim["study"], claim["row"], claim["versus"], claim["column"]))
+            out.append({**claim, "paper_delta": paper, "test": test, "comparison": comparison})
+            continue
+        base = claim["contrast"]
+        for test in evidence.contrast_tests(obs[obs["study"] == claim["study"]], claim["row"],
+                                            claim["versus"], claim["column"], base):
+            out.append({**claim, "paper_delta": paper, "test": test, "comparison": (
+                f"{claim['study']}: ({claim['row']} − {claim['versus']}) at {test['panel']} "
+                f"− at {base}, {claim['column']}")})
+    contrasts = [c["test"] for c in out if "contrast" in c]
+    for test, p_holm in zip(contrasts, evidence.holm([t["p_ttest_rel"] for t in contrasts])):
+        test.update(p_holm=p_holm, m_tests=sum(not math.isnan(t["p_ttest_rel"])
+                                               for t in contrasts))
+    return [{**c, "verdict": verdict(c, c["test"], c["paper_delta"])} for c in out]
 
 
 def grid(judged: list[dict]) -> dict:
@@ -94,7 +115,7 @@ def grid(judged: list[dict]) -> dict:
         t = c["test"]
         if c["expect"] == "similar" or c["paper_delta"] is None or not t or t["n_pairs"] < 2:
             return "n/a"
-        n = seeds_needed(t["sd_diff"], c["paper_delta"], SEED_LIMIT)
+        n = evidence.seeds_needed(t["sd_diff"], c["paper_delta"], SEED_LIMIT)
         return f"> {SEED_LIMIT}" if n is None and t["sd_diff"] > 0 else str(n or "n/a")
 
     def tested(t: dict | None) -> str:
@@ -102,7 +123,7 @@ def grid(judged: list[dict]) -> dict:
             f"{fmt_p(t['p_holm'])} ({fmt_p(t['p_ttest_rel'])}; {int(t['m_tests'])})")
 
     return {"header": HEADER, "rows": [
-        [c["statement"], f"{c['study']}: {c['row']} vs {c['versus']}, {c['column']}",
+        [c["statement"], c["comparison"],
          "n/a" if c["paper_delta"] is None else fmt_number(c["paper_delta"], signed=True),
          ours(c["test"]), tested(c["test"]),
          fmt_number(c["test"]["mde_80"]) if c["test"] else "—", needed(c), c["verdict"]]
