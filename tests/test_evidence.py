@@ -119,6 +119,22 @@ def test_the_chosen_rate_is_flagged_at_the_grid_edge():
     assert evidence.EDGE in text["rows"][1][1] and evidence.EDGE not in text["rows"][0][1]
 
 
+def test_a_tie_with_the_grids_edge_is_at_the_edge():
+    """RTE, CT_D, seeds 101 and 102 of the cpu_full grid: 1e-4 and 2e-4 both got 310 of 554 dev
+    answers right, in sums of floats that need not be equal to the last bit."""
+    acc = [100 * k / 277 for k in (145, 156, 150, 160, 159, 151, 149, 149)]
+    obs = _obs({("child_tuning_d", "rte", 2e-5): acc[0:2], ("child_tuning_d", "rte", 5e-5):
+                acc[2:3] * 2, ("child_tuning_d", "rte", 1e-4): acc[2:4],
+                ("child_tuning_d", "rte", 2e-4): acc[4:6]})
+    chosen = evidence.chosen_rates(obs).iloc[0]
+    assert {chosen["lr"], *chosen["tied"]} == {1e-4, 2e-4} and chosen["edge"]
+    text = evidence.rates_grid(evidence.chosen_rates(obs), "")["rows"][0][1]
+    assert "tied with" in text and evidence.EDGE in text
+    untied = obs.assign(value=obs["value"] - (obs["lr"] == 2e-4) * 0.5)   # 2e-4 a bit worse
+    chosen = evidence.chosen_rates(untied).iloc[0]
+    assert chosen["lr"] == 1e-4 and chosen["tied"] == [] and not chosen["edge"]
+
+
 def test_majority_class_scores_the_best_constant_prediction():
     mrpc = get_task("mrpc")
     split = Split([("a", "b")] * 10, [1, 1, 1, 0, 1, 1, 0, 1, 0, 1])
@@ -191,7 +207,8 @@ def test_cpu_full_lists_its_studies_in_order_and_waits_for_chosen_values():
     assert plan.protocol_studies(["protocol=cpu"]) == plan.studies()
     grid = plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full"],
                           identities=False)
-    assert len(grid.runs) == 4 * 3 * 4 * 2                      # tasks x variants x lrs x seeds
+    assert len(grid.runs) == 4 * 3 * 4 * 2 + 3 * 2      # tasks x variants x lrs x seeds + RTE 5e-4
+    assert grid.extra == [["task=rte", "trainer.lr=5.0e-4"]]
     assert {r["overrides"]["seed"] for r in grid.runs} == {101, 102}
     with pytest.raises(UnsetValue, match="protocol.tuned_lr.vanilla"):
         plan.make_plan(["experiment=main", "protocol=cpu_full"])
@@ -305,7 +322,7 @@ def test_a_grid_extended_on_one_task_is_one_table_with_that_tasks_own_edge(tmp_p
     small = plan.make_plan([
         "experiment=lr_grid_variants", "protocol=cpu_full", "model=tiny", "task=cola,rte",
         "variant=vanilla,child_tuning_d",
-        '+protocol.studies.lr_grid_variants.extra_sweeps=["task=rte trainer.lr=5.0e-4"]'])
+        '++protocol.studies.lr_grid_variants.extra_sweeps=["task=rte trainer.lr=5.0e-4"]'])
     best = {"cola": 2e-4, "rte": 2e-4}          # RTE peaks inside its extended grid
     for run in small.runs:
         ident = run["identity"]

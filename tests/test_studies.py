@@ -228,14 +228,15 @@ def test_an_existing_ct_d_mask_keeps_its_cache_key():
     assert set(random) == {"model", "seed", "mask", "p", "scope", "fisher_seed"}
 
 
-EXTEND_RTE = '+protocol.studies.lr_grid_variants.extra_sweeps=["task=rte trainer.lr=5.0e-4"]'
+EXTEND_RTE = '++protocol.studies.lr_grid_variants.extra_sweeps=["task=rte trainer.lr=5.0e-4"]'
 
 
 @pytest.mark.parametrize("narrowing,extended", [
     ([], True), (["task=cola,rte"], True), (["seed=101"], True),
     (["task=cola"], False), (["trainer.lr=1e-4"], False)])
 def test_an_extra_sweep_extends_the_grid_on_one_task(narrowing, extended):
-    base = plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full", *narrowing],
+    base = plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full", *narrowing,
+                           "protocol.studies.lr_grid_variants.extra_sweeps=[]"],
                           identities=False)
     grown = plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full", EXTEND_RTE,
                             *narrowing], identities=False)
@@ -287,7 +288,7 @@ def test_plan_launches_the_study_then_each_extra_sweep(tmp_path, monkeypatch):
 def test_a_bad_extra_sweep_is_one_clear_error(entry, message):
     with pytest.raises(plan.UserError, match=message):
         plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full",
-                        f'+protocol.studies.lr_grid_variants.extra_sweeps=["{entry}"]'])
+                        f'++protocol.studies.lr_grid_variants.extra_sweeps=["{entry}"]'])
 
 
 def test_a_multirun_inside_a_saved_plan_saves_no_plan_of_its_own(tmp_path, capsys):

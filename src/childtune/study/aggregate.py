@@ -167,7 +167,7 @@ TESTS_HEADING = (
     "evidence of no difference). Wilcoxon p in <study>_tests.csv:")
 RATES_HEADING = ("Chosen learning rate per variant and task (highest mean over the seeds; "
                  "the mean in brackets). **" + evidence.EDGE + "** = the grid's smallest or "
-                 "largest rate: not a choice, extend the grid:")
+                 "largest rate, or tied with it: not a choice, extend the grid:")
 SIZES_HEADING = ("Where vanilla learns: each run against the majority class on the dev set, "
                  "one-sided (accuracy: exact binomial vs the majority share; CoLA: MCC > 0, "
                  "χ² = n·MCC²; STS-B: Pearson r > 0); `learns` = every seed p < 0.05. "

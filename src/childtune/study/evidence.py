@@ -236,9 +236,10 @@ def reference_grid(recs: dict[str, RunRecord], models: set[str],
 # ---------------------------------------------------------------- learning-rate choice
 
 def chosen_rates(obs: pd.DataFrame) -> pd.DataFrame:
-    """Per (panel, variant, column): the grid's rate with the highest mean over seeds; `edge`
-    when it is the smallest or largest rate of that variant's grid, `complete` when every run
-    of that variant and column is present."""
+    """Per (panel, variant, column): the grid's rate with the highest mean over seeds; `tied`,
+    the other rates whose mean equals it (to 1e-9: on RTE's 277 examples two rates can score
+    the same); `edge` when it or a tied rate is the smallest or largest rate of that variant's
+    grid; `complete` when every run of that variant and column is present."""
     rows = []
     for (panel, variant, column), part in obs.groupby(["panel", "variant", "column"],
                                                       sort=False):
@@ -246,10 +247,12 @@ def chosen_rates(obs: pd.DataFrame) -> pd.DataFrame:
         if not len(means):
             continue
         best = float(means.idxmax())
+        tied = [float(lr) for lr, mean in means.items()
+                if lr != best and math.isclose(mean, means.max(), rel_tol=0, abs_tol=1e-9)]
         grid = sorted(part["lr"].unique())
         rows.append({"panel": panel, "variant": variant, "column": column, "lr": best,
-                     "mean": float(means.max()), "grid": grid,
-                     "edge": len(grid) < 3 or best in (grid[0], grid[-1]),
+                     "mean": float(means.max()), "grid": grid, "tied": tied,
+                     "edge": len(grid) < 3 or bool({best, *tied} & {grid[0], grid[-1]}),
                      "complete": bool(part["found"].all() and part["value"].notna().all())})
     return pd.DataFrame(rows)
 
@@ -264,7 +267,8 @@ def rates_grid(chosen: pd.DataFrame, panel: str) -> dict | None:
     def text(c: dict | None) -> str:
         if c is None:
             return ""
-        return (f"{fmt_value(c['lr'])} ({fmt_number(c['mean'])})"
+        tied = "".join(f", tied with {fmt_value(lr)}" for lr in c["tied"])
+        return (f"{fmt_value(c['lr'])} ({fmt_number(c['mean'])}{tied})"
                 + (f" **{EDGE}**" if c["edge"] else "") + ("" if c["complete"] else DAGGER))
 
     return {"header": ["variant", *columns],
