@@ -252,8 +252,11 @@ def test_an_extra_sweep_extends_the_grid_on_one_task(narrowing, extended):
     assert len(added) == 3 * seeds                                  # variants x seeds
     assert {(r["task"], r["trainer.lr"]) for r in added} == {("rte", 5e-4)}
     assert grown.extra == [["task=rte", "trainer.lr=5.0e-4"]]
+    second = grown.launches[1]
     assert grown.command.endswith("&& python -m childtune.train -m " + " ".join(
-        shlex.quote(o) for o in grown.launch) + " task=rte trainer.lr=5.0e-4")
+        shlex.quote(o) for o in second))
+    assert second[-2:] == ["task=rte", "trainer.lr=5.0e-4"]
+    assert not any(o.startswith("task=") for o in second[:-2])  # the study's task= replaced
 
 
 def test_the_extra_sweeps_own_launch_plans_only_its_runs():

@@ -77,8 +77,13 @@ class Plan:
 
     @property
     def launches(self) -> list[list[str]]:
-        """The multiruns that run this plan: the study's sweep, then each extra sweep."""
-        return [self.launch, *([*self.launch, *extra] for extra in self.extra)]
+        """The multiruns that run this plan: the study's sweep, then each extra sweep (the
+        study's overrides, those of the keys it sets replaced by its own)."""
+        out = [self.launch]
+        for extra in self.extra:
+            keys = {_key(o) for o in extra}
+            out.append([*(o for o in self.launch if _key(o) not in keys), *extra])
+        return out
 
     @property
     def command(self) -> str:
