@@ -34,7 +34,6 @@ import pandas as pd
 from . import evidence
 from .cells import fmt_number, fmt_p
 
-ALPHA = 0.05
 EXPECT = {"higher": 1, "lower": -1, "similar": 0}
 HEADER = ["claim (paper)", "comparison", "paper Δ (smallest reported)", "ours: Δ (seeds)",
           "paired t-test: Holm p (p; tests)", "MDE", "seeds to detect the paper's Δ", "verdict"]
@@ -61,7 +60,7 @@ def verdict(claim: dict, test: dict | None, paper: float | None) -> str:
     mde = test["mde_80"]
     if math.isnan(holm):
         return "not testable: the differences do not vary (no t-test)"
-    if holm < ALPHA:
+    if holm < evidence.ALPHA:
         if sign == 0:
             return "**contradicted**: a significant difference"
         return ("**supported**" if delta * sign > 0
