@@ -200,6 +200,31 @@ def test_a_reference_run_is_a_record_and_the_tables_show_it(tmp_path, tiny_data)
     assert grid["rows"][0][2] == "— (not run)"
 
 
+def test_each_table_counts_the_runs_that_beat_the_majority_class(tmp_path, tiny_data):
+    """A cell's runs, each tested one-sided against the majority share of the dev set (exact
+    binomial, as scipy computes it here again); the table says how many of them beat it."""
+    from childtune.run.train import run
+
+    run(compose("experiment=reference_rows", "model=tiny", "task=rte", "seed=1",
+                "variant=reference", f"data.dir={tiny_data}", f"results_dir={tmp_path}",
+                "runtime.progress=false"))
+    small = plan.make_plan(["experiment=main", "protocol=cpu", "model=tiny", "task=rte",
+                            "variant=vanilla,child_tuning_d", "seed=1,2,3"])
+    accuracy = {"vanilla": [0.55, 0.60, 0.85], "child_tuning_d": [0.80, 0.90, 0.95]}
+    for run_ in small.runs:
+        ident = run_["identity"]
+        records.write_record(tmp_path, fake_record(
+            ident, accuracy[ident["variant"]][ident["seed"] - 1],
+            config={"study": "main", "protocol": {"name": "cpu"}}, data={"sizes": {"dev": 20}}))
+    plan.write_manifest(tmp_path, small)
+    aggregate.run([f"results_dir={tmp_path}", "figures=false"])
+    beats = {v: sum(stats.binomtest(round(a * 20), 20, 0.5, alternative="greater").pvalue < 0.05
+                    for a in values) for v, values in accuracy.items()}
+    assert beats == {"vanilla": 1, "child_tuning_d": 3}
+    section = (tmp_path / "tables" / "main.md").read_text().split("Runs that beat")[1]
+    assert "| vanilla | 1/3 |" in section and "| child_tuning_d | 3/3 |" in section
+
+
 def test_cpu_full_lists_its_studies_in_order_and_waits_for_chosen_values():
     assert plan.protocol_studies(["protocol=cpu_full"]) == [
         "lr_grid_variants", "main", "ablation", "reference_rows", "low_resource_sizes",

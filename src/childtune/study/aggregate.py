@@ -165,6 +165,10 @@ TESTS_HEADING = (
     "mean difference the test detects with 80% power at α = 0.05 given its pairs and the "
     "observed SD of their differences (noncentral t; a Δ below it that is not significant is no "
     "evidence of no difference). Wilcoxon p in <study>_tests.csv:")
+MAJORITY_HEADING = (
+    "Runs that beat the majority class of the dev set (one-sided test per run, α = 0.05: "
+    "accuracy against the majority share, exact binomial; CoLA MCC > 0, χ² = n·MCC²; STS-B "
+    "Pearson > 0), of the cell's runs; a cell far from n/n sits near the majority class:")
 RATES_HEADING = ("Chosen learning rate per variant and task (highest mean over the seeds; "
                  "the mean in brackets). **" + evidence.EDGE + "** = the grid's smallest or "
                  "largest rate, or tied with it: not a choice, extend the grid:")
@@ -190,6 +194,8 @@ def _judging(plan: Plan, obs: pd.DataFrame, recs: dict):
                (TESTS_HEADING.format(m=int(tests["m_tests"].iloc[0]) if len(tests) else 0),
                 "paired tests, Holm-corrected p, detectable difference.",
                 evidence.tests_grid(tests, panel)),
+               (MAJORITY_HEADING, "runs that beat the majority class.",
+                evidence.majority_grid(obs, recs, panel)),
                (RATES_HEADING, "chosen learning rates.", evidence.rates_grid(rates, panel))]
         if sizes is not None and panel == next(iter(dict.fromkeys(obs["panel"]))):
             out.append((SIZES_HEADING, "where vanilla learns.", evidence.sizes_grid(sizes)))

@@ -304,6 +304,29 @@ def beats_majority_p(record: RunRecord, reference: RunRecord) -> float:
     return float(stats.t.sf(r * math.sqrt(n - 2) / math.sqrt(1 - r * r), n - 2))
 
 
+def majority_grid(obs: pd.DataFrame, recs: dict[str, RunRecord], panel: str) -> dict | None:
+    """Per row and task column: how many of the cell's runs beat the majority class of the dev
+    set (beats_majority_p < ALPHA, one test per run), so that a table near the majority class
+    says so. None without reference records for the table's one model."""
+    part = obs[(obs["panel"] == panel) & obs["found"] & (obs["column"] == obs["task"])
+               & ~obs["variant"].isin([BEFORE_PRUNE, REFERENCE_VARIANT])]
+    if not len(part) or part["model"].nunique() != 1:
+        return None
+    found = reference_records(recs, part["model"].iloc[0])
+    part = part[part["task"].isin(found)]
+    if not len(part):
+        return None
+    beats = [beats_majority_p(recs[path], found[task]) < ALPHA
+             for path, task in zip(part["path"], part["task"])]
+    counts = part.assign(beats=beats).groupby(["row", "column"], sort=False)["beats"].agg(
+        ["sum", "count"])
+    text = {key: f"{int(c['sum'])}/{int(c['count'])}" for key, c in counts.iterrows()}
+    columns = list(dict.fromkeys(part["column"]))
+    return {"header": ["variant", *columns],
+            "rows": [[row, *(text.get((row, c), "") for c in columns)]
+                     for row in dict.fromkeys(part["row"])]}
+
+
 def learnable_sizes(plan, recs: dict[str, RunRecord]) -> pd.DataFrame:
     """Per (task, n_train): the largest one-sided p over the vanilla seeds (each run against the
     majority class), whether every planned seed has a record, and `learns` (all p < ALPHA)."""

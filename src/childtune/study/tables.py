@@ -89,7 +89,8 @@ def observations(plan: Plan, records: dict[str, RunRecord]) -> pd.DataFrame:
                     "value": np.nan if value is None else value, "found": record is not None,
                     "model": ident["model"], "task": ident["task"], "p": ident.get("p"),
                     "n_train": ident.get("n_train"), "lr": ident.get("lr"),
-                    "metric": None if record is None else record.headline.metric})
+                    "metric": None if record is None else record.headline.metric,
+                    "path": run["path"]})
     return pd.DataFrame(rows)
 
 
