@@ -1,0 +1,70 @@
+"""The values the full-data protocol takes from its own tables are the tables' choices, read
+again here from the committed records: each `protocol.tuned_lr` that is set is the lr grid's
+chosen rate (complete, not at the grid's edge), and `protocol.studies.low_resource.sizes`, once
+set, is the set of smallest sizes at which vanilla learns, plus the full sets."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from childtune import records
+from childtune.study import evidence, plan, tables
+from conftest import compose
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+UNSET = "???"
+
+
+def _protocol() -> dict:
+    return OmegaConf.to_container(compose("protocol=cpu_full").protocol, resolve=False)
+
+
+def _saved_plan(study: str) -> plan.Plan:
+    """The study's largest saved plan under cpu_full (the one the tables show)."""
+    saved = [p for p in plan.read_manifests(RESULTS) if p.study == study
+             and p.protocol == "cpu_full"]
+    assert saved, f"no saved {study} plan under results/plans"
+    return max(saved, key=lambda p: len(p.runs))
+
+
+@pytest.fixture(scope="module")
+def recs() -> dict:
+    return {r.path: r for r in records.read_records(RESULTS)}
+
+
+def test_each_tuned_rate_that_is_set_is_the_grids_choice(recs):
+    tuned = _protocol()["tuned_lr"]
+    chosen_values = [(v, t, lr) for v in ("vanilla", "child_tuning_d", "child_tuning_f")
+                     for t, lr in tuned[v].items() if lr != UNSET]
+    if not chosen_values:
+        pytest.skip("no protocol.tuned_lr value is set yet (the lr grid is running)")
+    grid = _saved_plan("lr_grid_variants")
+    chosen = evidence.chosen_rates(tables.observations(grid, recs)).set_index(
+        ["variant", "column"])
+    for variant, task, lr in chosen_values:
+        choice = chosen.loc[(variant, task)]
+        assert choice["complete"], f"{variant} {task}: the grid is not complete"
+        assert not choice["edge"], f"{variant} {task}: the choice is at the grid's edge"
+        assert float(lr) == choice["lr"], f"{variant} {task}: {lr} is not the grid's choice"
+
+
+def test_the_low_resource_sizes_once_set_are_where_vanilla_learns(recs):
+    sizes = _protocol()["studies"]["low_resource"]["sizes"]
+    if sizes == UNSET:
+        pytest.skip("protocol.studies.low_resource.sizes is not set yet")
+    study = _saved_plan("low_resource_sizes")
+    learnable = evidence.learnable_sizes(study, recs)
+    assert learnable["complete"].all(), "low_resource_sizes is not complete"
+    smallest = evidence.smallest_learnable(learnable)
+    given = {None if s.strip() == "null" else int(s) for s in str(sizes).split(",")}
+    assert given == {*smallest.values(), None}
+
+
+def test_a_rate_that_is_not_the_grids_choice_fails_the_check(recs, monkeypatch):
+    protocol = _protocol()
+    protocol["tuned_lr"]["vanilla"]["rte"] = 2e-4        # RTE collapses there: never the choice
+    monkeypatch.setitem(globals(), "_protocol", lambda: protocol)
+    with pytest.raises(AssertionError, match="vanilla rte"):
+        test_each_tuned_rate_that_is_set_is_the_grids_choice(recs)
