@@ -240,6 +240,7 @@ def test_an_extra_sweep_extends_the_grid_on_one_task(narrowing, extended):
                           identities=False)
     grown = plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full", EXTEND_RTE,
                             *narrowing], identities=False)
+
     def swept(run: dict) -> dict:
         return {k: v for k, v in run["overrides"].items() if "extra_sweeps" not in k}
 
