@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 
 from childtune import records
@@ -87,6 +88,13 @@ def test_aggregate_writes_the_claims_of_the_studies_that_have_tables(tmp_path):
     assert "not shown either way" in lines["main: child_tuning_f vs vanilla, avg"]
     body = readme.read_text()
     assert "old" not in body and "| **supported** |" in body and body.endswith("end\n")
+    table = pd.read_csv(tmp_path / "tables" / "claims.csv").set_index("row")
+    tests = pd.read_csv(tmp_path / "tables" / "main_tests.csv")
+    ct_d = tests[(tests["row"] == "child_tuning_d") & (tests["versus"] == "vanilla")
+                 & (tests["column"] == "avg")].iloc[0]
+    assert table.loc["child_tuning_d", "p_holm"] == pytest.approx(ct_d["p_holm"])
+    assert table.loc["child_tuning_d", "verdict"] == "**supported**"
+    assert table.loc["child_tuning_f", "seeds_for_paper_delta"] == 6     # the md's number
 
 
 def test_seeds_needed_is_the_first_n_whose_mde_reaches_the_difference():

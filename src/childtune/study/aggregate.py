@@ -260,22 +260,26 @@ CLAIMS_HEADING = (
 def write_claims(paper_claims: list[dict], numbers: list[dict], tests_by_label: dict,
                  obs_by_label: dict, out_dir: Path, reference_path: str,
                  blocks: dict) -> Path | None:
-    """results/tables/claims.md: per label (protocol), the claims whose study has a table;
-    each section is also the README block "claims <label>". None when no claim has a table."""
+    """results/tables/claims.md (and .csv): per label (protocol), the claims whose study has a
+    table; each section is also the README block "claims <label>". None when no claim has a
+    table."""
     import pandas as pd
 
     md = ["# claims", "", CLAIMS_HEADING.format(reference=reference_path), ""]
-    for label, frames in tests_by_label.items():
-        judged = claims.rows(paper_claims, numbers, pd.concat(frames),
+    frames = []
+    for label, tests in tests_by_label.items():
+        judged = claims.rows(paper_claims, numbers, pd.concat(tests),
                              pd.concat(obs_by_label[label]))
         if judged:
             body = cells.markdown_table(claims.grid(judged))
             md += [f"## {label}", "", body, ""]
             blocks[f"claims {label}"] = body
-    if len(md) == 4:
+            frames.append(claims.frame(judged, label))
+    if not frames:
         return None
     path = writable_folder(out_dir, "tables") / "claims.md"
     path.write_text("\n".join(md))
+    pd.concat(frames).to_csv(path.with_suffix(".csv"), index=False)
     return path
 
 

@@ -105,17 +105,39 @@ def rows(claims: list[dict], numbers: list[dict], tests: pd.DataFrame,
     return [{**c, "verdict": verdict(c, c["test"], c["paper_delta"])} for c in out]
 
 
+def frame(judged: list[dict], label: str) -> pd.DataFrame:
+    """The judged claims as numbers (results/tables/claims.csv): one row per claim and test."""
+    keys = ("delta", "n_pairs", "sd_diff", "p_ttest_rel", "p_holm", "m_tests", "mde_80",
+            "complete")
+    return pd.DataFrame([{
+        "plan_label": label, "statement": c["statement"], "study": c["study"],
+        "row": c["row"], "versus": c["versus"], "column": c["column"],
+        "panel": (c["test"] or {}).get("panel", ""), "contrast": c.get("contrast"),
+        "expect": c["expect"], "paper_delta": c["paper_delta"],
+        **{k: (c["test"] or {}).get(k) for k in keys},
+        "seeds_for_paper_delta": _needed(c), "verdict": c["verdict"]} for c in judged])
+
+
+def _needed(c: dict) -> int | None:
+    """Seeds the paired t-test needs to detect the paper's Δ at our SD (None: not a
+    directional claim with a paper Δ and two pairs, or more than SEED_LIMIT)."""
+    t = c["test"]
+    if c["expect"] == "similar" or c["paper_delta"] is None or not t or t["n_pairs"] < 2:
+        return None
+    return evidence.seeds_needed(t["sd_diff"], c["paper_delta"], SEED_LIMIT)
+
+
 def grid(judged: list[dict]) -> dict:
     def ours(t: dict | None) -> str:
         return "—" if not t or not t["n_pairs"] else (
             f"{fmt_number(t['delta'], signed=True)} ({int(t['n_pairs'])})")
 
     def needed(c: dict) -> str:
-        t = c["test"]
-        if c["expect"] == "similar" or c["paper_delta"] is None or not t or t["n_pairs"] < 2:
-            return "n/a"
-        n = evidence.seeds_needed(t["sd_diff"], c["paper_delta"], SEED_LIMIT)
-        return f"> {SEED_LIMIT}" if n is None and t["sd_diff"] > 0 else str(n or "n/a")
+        if (n := _needed(c)) is not None:
+            return str(n)
+        directional = c["expect"] != "similar" and c["paper_delta"] is not None
+        spread = c["test"] and c["test"]["n_pairs"] >= 2 and c["test"]["sd_diff"] > 0
+        return f"> {SEED_LIMIT}" if directional and spread else "n/a"
 
     def tested(t: dict | None) -> str:
         return "—" if not t or not t["n_pairs"] else (
