@@ -45,38 +45,48 @@ def _optimizer_speedup(config: dict) -> float:
 
 # ---------------------------------------------------------------- done and missing
 
+def _success(path: Path) -> records.RunRecord | None:
+    """The run's success record if it is there and readable (a file cut short is a UserError
+    naming it, as in train)."""
+    record = records.read_record(path) if path.is_file() else None
+    return record if record is not None and record.succeeded else None
+
+
 def done(path: Path) -> bool:
-    """A run is done when its success record is there and readable (a file cut short is a
-    UserError naming it, as in train)."""
-    return path.is_file() and records.read_record(path).succeeded
+    """A run is done when its success record is there and readable."""
+    return _success(path) is not None
 
 
-def missing_runs(results_dir, runs: list[dict], sources: list[dict]) -> tuple[list, list]:
-    root = Path(results_dir)
-    return ([r for r in runs if not done(root / r["path"])],
+def done_records(results_dir, runs: list[dict]) -> dict[str, records.RunRecord]:
+    """Run path -> the success record of each done run, each file read once."""
+    found = {run["path"]: _success(Path(results_dir) / run["path"]) for run in runs}
+    return {path: record for path, record in found.items() if record is not None}
+
+
+def missing_runs(runs: list[dict], sources: list[dict],
+                 finished: dict[str, records.RunRecord]) -> tuple[list, list]:
+    return ([r for r in runs if r["path"] not in finished],
             [s for s in sources if not Path(s["encoder"]).exists()])
 
 
-def recorded_hours(results_dir, runs: list[dict]) -> float:
+def recorded_hours(finished: dict[str, records.RunRecord]) -> float:
     """The core-hours the done runs' records measured: their training, Fisher and evaluation
     seconds times the torch threads each used (loading and tokenizing are not recorded)."""
     seconds = 0.0
-    for run in runs:
-        path = Path(results_dir) / run["path"]
-        record = records.read_record(path) if path.is_file() else None
-        if record is not None and record.succeeded:
-            measured = sum(record.timings.get(k) or 0.0
-                           for k in ("train_seconds", "fisher_seconds", "eval_seconds"))
-            seconds += measured * (record.environment.get("torch_threads") or 1)
+    for record in finished.values():
+        measured = sum(record.timings.get(k) or 0.0
+                       for k in ("train_seconds", "fisher_seconds", "eval_seconds"))
+        seconds += measured * (record.environment.get("torch_threads") or 1)
     return seconds / 3600
 
 
 def status(results_dir, plan) -> dict:
-    missing, missing_sources = missing_runs(results_dir, plan.runs, plan.sources)
+    finished = done_records(results_dir, plan.runs)
+    missing, missing_sources = missing_runs(plan.runs, plan.sources, finished)
     return {"planned": len(plan.runs), "done": len(plan.runs) - len(missing),
             "missing": len(missing), "sources_missing": len(missing_sources),
             "cpu_hours": hours(missing + missing_sources),
-            "recorded_hours": recorded_hours(results_dir, plan.runs)}
+            "recorded_hours": recorded_hours(finished)}
 
 
 def hours(runs: list[dict]) -> float | None:
@@ -102,15 +112,17 @@ def total(results_dir, plans: list, jobs: int) -> str:
     """Studies share runs (a run is trained once): the distinct runs of all of them."""
     runs = list({r["path"]: r for p in plans for r in p.runs}.values())
     sources = list({s["path"]: s for p in plans for s in p.sources}.values())
-    missing, missing_sources = missing_runs(results_dir, runs, sources)
+    finished = done_records(results_dir, runs)
+    missing, missing_sources = missing_runs(runs, sources, finished)
     return (f"{'all':23s} distinct {len(runs):4d}  done {len(runs) - len(missing):4d} "
-            f"({recorded_hours(results_dir, runs):.1f} CPU-h recorded)  "
+            f"({recorded_hours(finished):.1f} CPU-h recorded)  "
             f"missing {len(missing):4d} + {len(missing_sources)} source runs  "
             f"({_time(hours(missing + missing_sources), jobs)})")
 
 
 def missing_lines(results_dir, plan) -> list[str]:
-    missing, sources = missing_runs(results_dir, plan.runs, plan.sources)
+    missing, sources = missing_runs(plan.runs, plan.sources,
+                                    done_records(results_dir, plan.runs))
     return [f"  missing {r['path']}: python -m childtune.train " +
             " ".join(shlex.quote(f"{k}={v}") for k, v in r["overrides"].items())
             for r in missing] + [f"  missing source encoder {s['encoder']} ({s['path']})"
