@@ -216,10 +216,10 @@ def writable_folder(folder: Path, what: str) -> Path:
 def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
                  reference: list[dict], reference_path: str, out_dir: Path,
                  blocks: dict[str, str] | None = None,
-                 tests_by_label: dict[str, list] | None = None) -> tuple[list, list]:
+                 by_label: dict[str, list] | None = None) -> tuple[list, list]:
     """Writes the study's tables; `blocks` receives each section's body (without its heading
     and launch line) under "<study> <label>", for README blocks (refresh_readme), and
-    `tests_by_label` each section's paired tests under its label (for the claims)."""
+    `by_label` each section's (paired tests, observations) under its label (for the claims)."""
     import pandas as pd
 
     md = [f"# {study}", "", "Rebuilt from the run records by `python -m childtune.aggregate`; "
@@ -234,8 +234,8 @@ def write_tables(study: str, chosen: list[Plan], labels: dict, recs: dict,
         tex += part_tex
         frames.append(csv)
         test_frames.append(tests)
-        if tests_by_label is not None:
-            tests_by_label.setdefault(labels[plan.name], []).append(tests)
+        if by_label is not None:
+            by_label.setdefault(labels[plan.name], []).append((tests, obs))
         observations.append((plan, obs))
     writable_folder(out_dir, "tables")
     paths = [out_dir / f"{study}.{ext}" for ext in ("md", "csv", "tex")]
@@ -257,9 +257,8 @@ CLAIMS_HEADING = (
     "claims.py.")
 
 
-def write_claims(paper_claims: list[dict], numbers: list[dict], tests_by_label: dict,
-                 obs_by_label: dict, out_dir: Path, reference_path: str,
-                 blocks: dict) -> Path | None:
+def write_claims(paper_claims: list[dict], numbers: list[dict], by_label: dict,
+                 out_dir: Path, reference_path: str, blocks: dict) -> Path | None:
     """results/tables/claims.md (and .csv): per label (protocol), the claims whose study has a
     table; each section is also the README block "claims <label>". None when no claim has a
     table."""
@@ -267,9 +266,9 @@ def write_claims(paper_claims: list[dict], numbers: list[dict], tests_by_label: 
 
     md = ["# claims", "", CLAIMS_HEADING.format(reference=reference_path), ""]
     frames = []
-    for label, tests in tests_by_label.items():
-        judged = claims.rows(paper_claims, numbers, pd.concat(tests),
-                             pd.concat(obs_by_label[label]))
+    for label, sections in by_label.items():
+        tests, obs = zip(*sections)
+        judged = claims.rows(paper_claims, numbers, pd.concat(tests), pd.concat(obs))
         if judged:
             body = cells.markdown_table(claims.grid(judged))
             md += [f"## {label}", "", body, ""]
@@ -315,18 +314,15 @@ def run(argv: list[str]) -> None:
     slugs = _slugs(chosen)
     labels = {name: f"protocol {slug}" for name, slug in slugs.items()}
     planned = {key for p in chosen for r in p.runs for key in (r["path"], _failure_key(r["path"]))}
-    observations, blocks, tests_by_label = [], {}, {}
+    observations, blocks, by_label = [], {}, {}
     for study in dict.fromkeys(p.study for p in chosen):
         paths, obs = write_tables(study, [p for p in chosen if p.study == study], labels, recs,
                                   reference, _shown(options["reference"]),
-                                  results_dir / "tables", blocks, tests_by_label)
+                                  results_dir / "tables", blocks, by_label)
         observations += obs
         print(f"{study}: wrote {', '.join(str(p) for p in paths)}")
-    obs_by_label: dict[str, list] = {}
-    for plan, obs in observations:
-        obs_by_label.setdefault(labels[plan.name], []).append(obs)
-    if path := write_claims(paper_claims, reference, tests_by_label, obs_by_label,
-                            results_dir / "tables", _shown(options["reference"]), blocks):
+    if path := write_claims(paper_claims, reference, by_label, results_dir / "tables",
+                            _shown(options["reference"]), blocks):
         print(f"claims: wrote {path}")
     if options["readme"]:
         done, unknown = refresh_readme(Path(options["readme"]), blocks)
