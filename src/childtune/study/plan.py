@@ -224,10 +224,12 @@ def _in_sweep_order(jobs: list[list[str]]) -> list[list[str]]:
             seen = firsts.setdefault(key, {})
             seen.setdefault(json.dumps(value, sort_keys=True), len(seen))
 
+    keys = sorted(parsed[0], key=lambda k: k in TASK_KEYS)
+
     def rank(over: dict) -> tuple:
         return tuple((0, over[k], 0) if isinstance(over.get(k), (int, float)) else
                      (1, 0, firsts[k].get(json.dumps(over.get(k), sort_keys=True), -1))
-                     for k in sorted(parsed[0], key=lambda k: k in TASK_KEYS))
+                     for k in keys)
 
     return [job for _, job in sorted(zip(map(rank, parsed), jobs), key=lambda pair: pair[0])]
 
