@@ -14,7 +14,7 @@ import yaml
 
 from childtune import records
 from childtune.study import aggregate, plan, tables
-from fake_records import fake_failure, fake_record
+from fake_records import fake_failure, fake_identity, fake_record
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # Headline values (fractions) per (task, variant) for seeds 1, 2, 3.
@@ -393,3 +393,39 @@ def test_plan_sums_the_core_hours_its_done_runs_recorded(tmp_path, small_plan):
     status = progress.status(tmp_path, small_plan)
     assert status["recorded_hours"] == pytest.approx(expected / 3600)
     assert f"({expected / 3600:.1f} CPU-h recorded)" in progress.describe(tmp_path, small_plan, 2)
+
+
+def test_plan_scales_its_estimate_by_the_speed_its_protocols_done_runs_measured(tmp_path,
+                                                                                 small_plan):
+    """Measured over estimated seconds (the overhead out of both) of the protocol's done
+    runs; runs of another protocol, reference rows (no training) and failures do not count."""
+    from childtune.study import progress
+
+    protocol = {"name": "cpu", "train_seconds": {"rte": 100}, "overhead_seconds": 50,
+                "train_sizes": {"rte": 1000}}
+
+    def config(variant: dict, name: str = "cpu") -> dict:
+        return {"study": "main", "protocol": {**protocol, "name": name},
+                "task": {"name": "rte"}, "data": {"n_train": None},
+                "trainer": {"epochs": 3}, "variant": variant}
+    vanilla = {"mask": "none", "name": "vanilla"}
+    assert progress.estimate(config(vanilla)) == 150
+    assert progress.estimate(config({**vanilla, "reference": True})) == 50   # was 150
+    assert progress.speed_ratio(tmp_path, "cpu") is None   # no done run: no second estimate
+    for seed, (train, evaluate) in {1: (120.0, 10.0), 2: (170.0, 10.0)}.items():
+        records.write_record(tmp_path, fake_record(
+            fake_identity(seed=seed), 0.6, config=config(vanilla),
+            timings={"train_seconds": train, "fisher_seconds": 0.0, "eval_seconds": evaluate}))
+    slow = {"train_seconds": 900.0, "fisher_seconds": 0.0, "eval_seconds": 10.0}
+    records.write_record(tmp_path, fake_record(fake_identity(seed=3), 0.6,
+                                               config=config(vanilla, "other"), timings=slow))
+    records.write_record(tmp_path, fake_record(
+        fake_identity(seed=4, variant="reference"), 0.5,
+        config=config({**vanilla, "reference": True}), timings={}))
+    records.write_record(tmp_path, fake_failure(fake_identity(seed=5), "nan_loss", "nan",
+                                                config=config(vanilla)))
+    assert progress.speed_ratio(tmp_path, "cpu") == (pytest.approx(310 / 200), 2)
+    line = progress.describe(tmp_path, small_plan, 2)
+    hours = progress.status(tmp_path, small_plan)["cpu_hours"]
+    assert (f"; x1.55 at the speed of the 2 done cpu runs: {hours * 1.55:.1f} CPU-hours, "
+            f"~{hours * 1.55 / 2:.1f} h wall)") in line

@@ -1,6 +1,7 @@
 """How far a plan is: which of its runs are done, which are missing (runs and the source
 encoders of task transfer), and how long the missing ones take under the protocol's measured
-speeds. `plan` arguments are plan.Plan objects (their `runs` and `sources`)."""
+speeds, and at the speed the protocol's done runs actually ran (`speed_ratio`: load beside the
+sweep, another CPU). `plan` arguments are plan.Plan objects (their `runs` and `sources`)."""
 from __future__ import annotations
 
 import shlex
@@ -13,13 +14,17 @@ from ..mask_kinds import FISHER
 def estimate(config: dict) -> float | None:
     """Seconds one run takes under the protocol's measured speeds (None: no estimate)."""
     protocol = config.get("protocol") or {}
-    task = config["task"]["name"]
+    task = (config.get("task") or {}).get("name")
     per_1k = (protocol.get("train_seconds") or {}).get(task)
-    n_train = config["data"].get("n_train") or (protocol.get("train_sizes") or {}).get(task)
-    if per_1k is None or n_train is None:
+    if per_1k is None:   # a protocol without measured speeds
         return None
-    if config["variant"].get("prune") and (config.get("runtime") or {}).get("keep_for_prune"):
-        return protocol.get("overhead_seconds", 0)  # evaluates the kept CT_D model (prune.py)
+    n_train = config["data"].get("n_train") or (protocol.get("train_sizes") or {}).get(task)
+    if n_train is None:
+        return None
+    if config["variant"].get("reference") or (
+            config["variant"].get("prune") and (config.get("runtime") or {}).get("keep_for_prune")):
+        return protocol.get("overhead_seconds", 0)  # no training: reference rows, or the kept
+                                                    # CT_D model evaluated (prune.py)
     epoch = per_1k * n_train / 1000 / 3 / _optimizer_speedup(config)
     train = epoch * config["trainer"]["epochs"] * _padding_factor(config)
     if config["variant"].get("mask") in FISHER:
@@ -69,15 +74,38 @@ def missing_runs(runs: list[dict], sources: list[dict],
             [s for s in sources if not Path(s["encoder"]).exists()])
 
 
+def _measured_seconds(record: records.RunRecord) -> float:
+    """The training, Fisher and evaluation seconds a run's record measured (wall clock)."""
+    return sum(record.timings.get(k) or 0.0
+               for k in ("train_seconds", "fisher_seconds", "eval_seconds"))
+
+
+def speed_ratio(results_dir, protocol: str | None) -> tuple[float, int] | None:
+    """How the protocol's done runs ran against its speeds: their measured seconds over the
+    seconds `estimate` gives their configs (loading, the overhead, left out of both), and how
+    many runs that is. Above 1: slower than the protocol's probe (load beside the sweep,
+    another CPU). None: no done run of the protocol with an estimate."""
+    measured = estimated = 0.0
+    count = 0
+    for record in records.read_records(results_dir):
+        if not record.succeeded or record.setting("protocol.name") != protocol:
+            continue
+        seconds = estimate(record.config)
+        work = None if seconds is None else (
+            seconds - (record.config.get("protocol") or {}).get("overhead_seconds", 0))
+        if not work or work <= 0:   # no estimate, or an evaluation only (prune)
+            continue
+        measured += _measured_seconds(record)
+        estimated += work
+        count += 1
+    return (measured / estimated, count) if count else None
+
+
 def recorded_hours(finished: dict[str, records.RunRecord]) -> float:
     """The core-hours the done runs' records measured: their training, Fisher and evaluation
     seconds times the torch threads each used (loading and tokenizing are not recorded)."""
-    seconds = 0.0
-    for record in finished.values():
-        measured = sum(record.timings.get(k) or 0.0
-                       for k in ("train_seconds", "fisher_seconds", "eval_seconds"))
-        seconds += measured * (record.environment.get("torch_threads") or 1)
-    return seconds / 3600
+    return sum(_measured_seconds(record) * (record.environment.get("torch_threads") or 1)
+               for record in finished.values()) / 3600
 
 
 def status(results_dir, plan) -> dict:
@@ -95,17 +123,28 @@ def hours(runs: list[dict]) -> float | None:
     return sum(r["seconds"] for r in runs) / 3600
 
 
-def _time(hours: float | None, jobs: int) -> str:
-    return ("time unknown" if hours is None else
-            f"{hours:.1f} CPU-hours, ~{hours / jobs:.1f} h wall with {jobs} jobs")
+def _time(hours: float | None, jobs: int, speed: tuple[float, int] | None = None,
+          protocol: str | None = None) -> str:
+    """The estimate at the protocol's speeds and, when its done runs measured another speed,
+    at theirs (the overhead scaled too: a rough upper side)."""
+    if hours is None:
+        return "time unknown"
+    text = f"{hours:.1f} CPU-hours, ~{hours / jobs:.1f} h wall with {jobs} jobs"
+    if speed is None or not hours:
+        return text
+    ratio, count = speed
+    return (f"{text}; x{ratio:.2f} at the speed of the {count} done {protocol} runs: "
+            f"{hours * ratio:.1f} CPU-hours, ~{hours * ratio / jobs:.1f} h wall")
 
 
 def describe(results_dir, plan, jobs: int) -> str:
     s = status(results_dir, plan)
     extra = f" + {s['sources_missing']} source runs" if plan.sources else ""
+    speed = speed_ratio(results_dir, plan.protocol) if s["missing"] else None
     return (f"{plan.study:16s} {plan.protocol or '-':6s} planned {s['planned']:4d}  "
             f"done {s['done']:4d} ({s['recorded_hours']:.1f} CPU-h recorded)  "
-            f"missing {s['missing']:4d}{extra}  ({_time(s['cpu_hours'], jobs)})")
+            f"missing {s['missing']:4d}{extra}  "
+            f"({_time(s['cpu_hours'], jobs, speed, plan.protocol)})")
 
 
 def total(results_dir, plans: list, jobs: int) -> str:
@@ -114,10 +153,13 @@ def total(results_dir, plans: list, jobs: int) -> str:
     sources = list({s["path"]: s for p in plans for s in p.sources}.values())
     finished = done_records(results_dir, runs)
     missing, missing_sources = missing_runs(runs, sources, finished)
+    protocols = {p.protocol for p in plans}
+    protocol = protocols.pop() if len(protocols) == 1 else None   # one protocol's speed only
+    speed = speed_ratio(results_dir, protocol) if protocol and missing else None
     return (f"{'all':23s} distinct {len(runs):4d}  done {len(runs) - len(missing):4d} "
             f"({recorded_hours(finished):.1f} CPU-h recorded)  "
             f"missing {len(missing):4d} + {len(missing_sources)} source runs  "
-            f"({_time(hours(missing + missing_sources), jobs)})")
+            f"({_time(hours(missing + missing_sources), jobs, speed, protocol)})")
 
 
 def missing_lines(results_dir, plan) -> list[str]:
