@@ -139,7 +139,7 @@ def test_a_low_resource_gain_is_contrasted_with_the_full_set_gain_seed_by_seed(t
                     for s in range(3)]
         p_values[variant] = stats.ttest_1samp(contrast, 0.0).pvalue
         line = next(line for line in lines if f"({variant} − vanilla) at data.n_train=100 − "
-                    f"at data.n_train=None, avg" in line)
+                    f"at data.n_train=None, rte" in line)
         assert f"| {sum(contrast) / 3:+.2f} (3) |" in line
     low, high = sorted(p_values.values())                  # Holm over the two contrasts
     holm = {v: min(1, 2 * low) if p == low else max(min(1, 2 * low), high)
@@ -147,3 +147,52 @@ def test_a_low_resource_gain_is_contrasted_with_the_full_set_gain_seed_by_seed(t
     ct_d = next(line for line in lines if "(child_tuning_d" in line)
     assert f"| {holm['child_tuning_d']:.3g} ({p_values['child_tuning_d']:.3g}; 2) |" in ct_d
     assert ct_d.endswith("| **supported** |")
+
+
+def test_a_claim_on_each_column_is_judged_per_task_where_each_task_has_its_own_size(tmp_path):
+    """Low-resource with a size per task (extra sweeps; no size shared by every task, so no
+    avg): a `column: each` contrast claim gets one row per task, at that task's size only,
+    the contrast written again here, Holm over every contrast row."""
+    from scipy import stats
+
+    small = plan.make_plan([
+        "experiment=low_resource", "protocol=cpu", "model=tiny", "task=rte,mrpc",
+        "variant=vanilla,child_tuning_d", "seed=1,2,3",
+        "++protocol.studies.low_resource.sizes='null'",   # the full sets; each task's size:
+        '++protocol.studies.low_resource.extra_sweeps=["task=rte data.n_train=100",'
+        ' "task=mrpc data.n_train=300"]'])
+    assert {(r["identity"]["task"], r["identity"]["n_train"]) for r in small.runs} == {
+        ("rte", None), ("mrpc", None), ("rte", 100), ("mrpc", 300)}
+    gain = {("rte", 100): [0.05, 0.06, 0.04], ("mrpc", 300): [0.01, -0.01, 0.02],
+            ("rte", None): [0.01, 0.0, 0.01], ("mrpc", None): [0.0, 0.01, 0.0]}
+    for run in small.runs:
+        ident = run["identity"]
+        cell = (ident["task"], ident["n_train"])
+        value = 0.6 + (gain[cell][ident["seed"] - 1] if ident["variant"] != "vanilla" else 0)
+        records.write_record(tmp_path, fake_record(ident, value, config={
+            "study": "low_resource", "protocol": {"name": "cpu"}}))
+    plan.write_manifest(tmp_path, small)
+    claim = {"statement": "CT_D gains more with fewer examples", "study": "low_resource",
+             "row": "child_tuning_d", "versus": "vanilla", "column": claims.EACH,
+             "expect": "higher", "contrast": "data.n_train=None"}
+    reference = tmp_path / "paper.yaml"
+    reference.write_text(yaml_dump({"numbers": [], "claims": [claim]}))
+    aggregate.run([f"results_dir={tmp_path}", "figures=false", f"reference={reference}"])
+    judged = pd.read_csv(tmp_path / "tables" / "claims.csv")
+    assert list(zip(judged["column"], judged["panel"])) == [
+        ("rte", "data.n_train=100"), ("mrpc", "data.n_train=300")]   # no avg, no other size
+    p_values = []
+    for (task, size), row in zip([("rte", 100), ("mrpc", 300)], judged.itertuples()):
+        contrast = [100 * (a - b) for a, b in zip(gain[(task, size)], gain[(task, None)])]
+        assert row.delta == pytest.approx(sum(contrast) / 3)
+        p_values.append(stats.ttest_1samp(contrast, 0.0).pvalue)
+        assert row.p_ttest_rel == pytest.approx(p_values[-1])
+    assert list(judged["m_tests"]) == [2, 2]
+    low = min(p_values)
+    assert judged["p_holm"].min() == pytest.approx(min(1.0, 2 * low))
+
+
+def yaml_dump(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data)

@@ -1,7 +1,7 @@
 """The values the full-data protocol takes from its own tables are the tables' choices, read
 again here from the committed records: each `protocol.tuned_lr` that is set is the lr grid's
-chosen rate (complete, not at the grid's edge), and `protocol.studies.low_resource.sizes`, once
-set, is the set of smallest sizes at which vanilla learns, plus the full sets."""
+chosen rate (complete, not at the grid's edge), and low_resource, once set, trains each task at
+the smallest size at which vanilla learns (an extra sweep per task), plus the full sets."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,15 +51,21 @@ def test_each_tuned_rate_that_is_set_is_the_grids_choice(recs):
 
 
 def test_the_low_resource_sizes_once_set_are_where_vanilla_learns(recs):
-    sizes = _protocol()["studies"]["low_resource"]["sizes"]
-    if sizes == UNSET:
+    settings = _protocol()["studies"]["low_resource"]
+    if settings["sizes"] == UNSET:
         pytest.skip("protocol.studies.low_resource.sizes is not set yet")
     study = _saved_plan("low_resource_sizes")
     learnable = evidence.learnable_sizes(study, recs)
     assert learnable["complete"].all(), "low_resource_sizes is not complete"
     smallest = evidence.smallest_learnable(learnable)
-    given = {None if s.strip() == "null" else int(s) for s in str(sizes).split(",")}
-    assert given == {*smallest.values(), None}
+    assert str(settings["sizes"]).strip() == "null"     # the full sets, for every task
+    given = {}
+    for entry in settings.get("extra_sweeps") or []:    # each task's own size
+        overrides = dict(o.split("=", 1) for o in entry.split())
+        assert set(overrides) == {"task", "data.n_train"}, entry
+        assert overrides["task"] not in given, f"two sizes for {overrides['task']}"
+        given[overrides["task"]] = int(overrides["data.n_train"])
+    assert given == {task: size for task, size in smallest.items() if size is not None}
 
 
 def test_a_rate_that_is_not_the_grids_choice_fails_the_check(recs, monkeypatch):

@@ -17,6 +17,9 @@ test detects with 80% power):
   paper's size would have been detected with 80% power: evidence against one that large. When
   the MDE is larger, the test could not have told: no evidence either way.
 
+`column: each` judges the claim on every task column of the study's table, one row per task
+(low-resource, where each task has its own size: no size is shared by every task, so no `avg`).
+
 A `contrast` claim compares a difference between two panels of its table: per seed,
 (row - versus) in a panel minus (row - versus) in the `contrast` panel, e.g. Child-Tuning's gain
 at a low-resource size against its gain on the full set, one test per panel, Holm-corrected over
@@ -38,6 +41,7 @@ EXPECT = {"higher": 1, "lower": -1, "similar": 0}
 HEADER = ["claim (paper)", "comparison", "paper Δ (smallest reported)", "ours: Δ (seeds)",
           "paired t-test: Holm p (p; tests)", "MDE", "seeds to detect the paper's Δ", "verdict"]
 SEED_LIMIT = 100
+EACH = "each"   # a claim's column: every task column of its table, one row each
 
 
 def paper_delta(claim: dict, numbers: list[dict]) -> float | None:
@@ -83,7 +87,7 @@ def rows(claims: list[dict], numbers: list[dict], tests: pd.DataFrame,
               for t in tests.to_dict("records") if not t.get("panel")})
     studies = set(obs["study"]) if len(obs) else set()
     out = []
-    for claim in claims:
+    for claim in _per_column(claims, obs):
         if claim["study"] not in studies:
             continue
         paper = paper_delta(claim, numbers)
@@ -103,6 +107,20 @@ def rows(claims: list[dict], numbers: list[dict], tests: pd.DataFrame,
         test.update(p_holm=p_holm, m_tests=sum(not math.isnan(t["p_ttest_rel"])
                                                for t in contrasts))
     return [{**c, "verdict": verdict(c, c["test"], c["paper_delta"])} for c in out]
+
+
+def _per_column(claims: list[dict], obs: pd.DataFrame) -> list[dict]:
+    """The claims, a `column: each` claim once per task column of its study's table (in the
+    table's order; a study without observations: none)."""
+    out = []
+    for claim in claims:
+        if claim["column"] != EACH:
+            out.append(claim)
+            continue
+        mine = obs[(obs["study"] == claim["study"]) & obs["in_avg"]] if len(obs) else obs
+        out.extend({**claim, "column": column}
+                   for column in (dict.fromkeys(mine["column"]) if len(mine) else ()))
+    return out
 
 
 def frame(judged: list[dict], label: str) -> pd.DataFrame:
