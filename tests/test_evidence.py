@@ -232,13 +232,21 @@ def test_cpu_full_lists_its_studies_in_order_and_waits_for_chosen_values():
     assert plan.protocol_studies(["protocol=cpu"]) == plan.studies()
     grid = plan.make_plan(["experiment=lr_grid_variants", "protocol=cpu_full"],
                           identities=False)
-    assert len(grid.runs) == 4 * 3 * 4 * 2 + 3 * 2      # tasks x variants x lrs x seeds + RTE 5e-4
-    assert grid.extra == [["task=rte", "trainer.lr=5.0e-4"]]
+    # 5e-4: RTE for every variant, STS-B for CT_D and CT_F, MRPC for CT_D (the extra sweeps)
+    extended = {("rte", "vanilla"), ("rte", "child_tuning_d"), ("rte", "child_tuning_f"),
+                ("stsb", "child_tuning_d"), ("stsb", "child_tuning_f"), ("mrpc", "child_tuning_d")}
+    assert len(grid.runs) == 4 * 3 * 4 * 2 + len(extended) * 2   # tasks x variants x lrs x seeds
+    assert {(r["overrides"]["task"], r["overrides"]["variant"]) for r in grid.runs
+            if r["overrides"]["trainer.lr"] == 5e-4} == extended
+    assert len(grid.extra) == 3
     assert {r["overrides"]["seed"] for r in grid.runs} == {101, 102}
-    with pytest.raises(UnsetValue, match="protocol.tuned_lr.vanilla"):
-        plan.make_plan(["experiment=main", "protocol=cpu_full"])
+    # a value still `???` (as each was before its table chose it) makes the study wait
+    with pytest.raises(UnsetValue, match="protocol.tuned_lr.vanilla.cola"):
+        plan.make_plan(["experiment=main", "protocol=cpu_full",
+                        "protocol.tuned_lr.vanilla.cola=???"])
     with pytest.raises(UnsetValue, match="protocol.studies.low_resource.sizes"):
-        plan.make_plan(["experiment=low_resource", "protocol=cpu_full"])
+        plan.make_plan(["experiment=low_resource", "protocol=cpu_full",
+                        "protocol.studies.low_resource.sizes=???"])
 
 
 def test_cpu_full_main_trains_each_variant_at_its_chosen_rate():
@@ -258,13 +266,15 @@ def test_train_refuses_a_study_whose_protocol_value_is_not_chosen(tmp_path):
     from childtune.run.train import check_config
     from omegaconf import OmegaConf
 
+    # values `???` as each is until its table chooses it (set here: the committed ones may be)
     cfg = compose("experiment=low_resource", "protocol=cpu_full", "data.n_train=100",
+                  "protocol.studies.low_resource.sizes=???",
                   *(f"protocol.tuned_lr.vanilla.{t}=1e-4" for t in ("cola", "rte", "mrpc",
                                                                   "stsb")))
     with pytest.raises(UnsetValue, match="waits for protocol.studies.low_resource.sizes"):
         check_config(OmegaConf.to_container(cfg, resolve=True))
-    main = run_cli("experiment=main", "protocol=cpu_full", "task=rte",
-                   "seed=1", f"results_dir={tmp_path}")
+    main = run_cli("experiment=main", "protocol=cpu_full", "task=rte", "variant=vanilla",
+                   "protocol.tuned_lr.vanilla.rte=???", "seed=1", f"results_dir={tmp_path}")
     assert main.returncode == 2 and not (tmp_path / "runs").exists()
     errors = [line for line in main.stderr.splitlines() if not line.startswith("note: ")]
     assert errors == [
