@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("experiment=")]
     rest = [o for o in overrides if not o.startswith("experiment=")]
     results_dir = options["results_dir"]
-    done = []
+    done, speeds = [], {}   # speeds: each protocol's speed_ratio, read once
     try:
         for study in chosen or protocol_studies(rest):
             launch = [f"experiment={study}", *rest]
@@ -423,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 continue
             done.append(plan)
-            print(progress.describe(results_dir, plan, jobs), flush=True)
+            print(progress.describe(results_dir, plan, jobs, speeds), flush=True)
             if listing:
                 print("\n".join(progress.missing_lines(results_dir, plan)), flush=True)
             if launching and status(results_dir, plan)["missing"]:
@@ -434,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
                     if subprocess.run(command).returncode != 0:
                         print(f"error: the {study} multirun failed", file=sys.stderr)
                         return 1
+                speeds.clear()   # new records: each protocol's speed is read again
         if len(done) > 1:
-            print(progress.total(results_dir, done, jobs))
+            print(progress.total(results_dir, done, jobs, speeds))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

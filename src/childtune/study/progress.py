@@ -139,17 +139,29 @@ def _time(hours: float | None, jobs: int, speed: tuple[float, int] | None = None
             f"{hours * ratio:.1f} CPU-hours, ~{hours * ratio / jobs:.1f} h wall")
 
 
-def describe(results_dir, plan, jobs: int) -> str:
+def _speed(results_dir, protocol: str | None, speeds: dict | None) -> tuple[float, int] | None:
+    """speed_ratio, read once per protocol when the caller keeps `speeds` across its plans
+    (it reads every record of results_dir)."""
+    if speeds is None:
+        return speed_ratio(results_dir, protocol)
+    if protocol not in speeds:
+        speeds[protocol] = speed_ratio(results_dir, protocol)
+    return speeds[protocol]
+
+
+def describe(results_dir, plan, jobs: int, speeds: dict | None = None) -> str:
+    """One line: the plan's runs planned, done and missing, and the missing ones' time;
+    `speeds` caches each protocol's speed_ratio across the caller's plans."""
     s = status(results_dir, plan)
     extra = f" + {s['sources_missing']} source runs" if plan.sources else ""
-    speed = speed_ratio(results_dir, plan.protocol) if s["missing"] else None
+    speed = _speed(results_dir, plan.protocol, speeds) if s["missing"] else None
     return (f"{plan.study:16s} {plan.protocol or '-':6s} planned {s['planned']:4d}  "
             f"done {s['done']:4d} ({s['recorded_hours']:.1f} CPU-h recorded)  "
             f"missing {s['missing']:4d}{extra}  "
             f"({_time(s['cpu_hours'], jobs, speed, plan.protocol)})")
 
 
-def total(results_dir, plans: list, jobs: int) -> str:
+def total(results_dir, plans: list, jobs: int, speeds: dict | None = None) -> str:
     """Studies share runs (a run is trained once): the distinct runs of all of them."""
     runs = list({r["path"]: r for p in plans for r in p.runs}.values())
     sources = list({s["path"]: s for p in plans for s in p.sources}.values())
@@ -157,7 +169,7 @@ def total(results_dir, plans: list, jobs: int) -> str:
     missing, missing_sources = missing_runs(runs, sources, finished)
     protocols = {p.protocol for p in plans}
     protocol = protocols.pop() if len(protocols) == 1 else None   # one protocol's speed only
-    speed = speed_ratio(results_dir, protocol) if protocol and missing else None
+    speed = _speed(results_dir, protocol, speeds) if protocol and missing else None
     return (f"{'all':23s} distinct {len(runs):4d}  done {len(runs) - len(missing):4d} "
             f"({recorded_hours(finished):.1f} CPU-h recorded)  "
             f"missing {len(missing):4d} + {len(missing_sources)} source runs  "
