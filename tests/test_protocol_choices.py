@@ -1,7 +1,8 @@
 """The values the full-data protocol takes from its own tables are the tables' choices, read
 again here from the committed records: each `protocol.tuned_lr` that is set is the lr grid's
 chosen rate (complete, not at the grid's edge), and low_resource, once set, trains each task at
-the smallest size at which vanilla learns (an extra sweep per task), plus the full sets."""
+the smallest size at which vanilla learns (an extra sweep per task), plus the full sets; and
+main has the seeds its pre-registered power rule asks for once seeds 1-5 are in."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,11 +11,13 @@ import pytest
 from omegaconf import OmegaConf
 
 from childtune import records
-from childtune.study import evidence, plan, tables
+from childtune.study import aggregate, claims, evidence, plan, tables
 from conftest import compose
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 UNSET = "???"
+FIRST_SEEDS = [1, 2, 3, 4, 5]   # the seeds main always has; the rule reads them, once
+SEED_CAP = 10                   # a claim that needs more is reported as underpowered
 
 
 def _protocol() -> dict:
@@ -74,3 +77,33 @@ def test_a_rate_that_is_not_the_grids_choice_fails_the_check(recs, monkeypatch):
     monkeypatch.setitem(globals(), "_protocol", lambda: protocol)
     with pytest.raises(AssertionError, match="vanilla rte"):
         test_each_tuned_rate_that_is_set_is_the_grids_choice(recs)
+
+
+def _main_extra_seeds() -> list[int]:
+    """The seeds cpu_full adds to main (`protocol.studies.main.extra_sweeps`, "seed=6,7")."""
+    lines = (_protocol()["studies"].get("main") or {}).get("extra_sweeps") or []
+    seeds = []
+    for line in lines:
+        key, _, values = line.partition("=")
+        assert key == "seed", f"main's extra sweep {line!r} is not a seed sweep"
+        seeds += [int(v) for v in values.split(",")]
+    return seeds
+
+
+def test_main_has_the_seeds_its_power_rule_asks_for(recs):
+    """The rule in cpu_full.yaml, applied once to seeds 1-5: where a main claim's paired test
+    needs 6-10 seeds to detect the paper's difference at our SD, main gets seeds up to the
+    largest such number; more than 10 is underpowered and adds nothing."""
+    obs = tables.observations(_saved_plan("main"), recs)
+    first = obs[obs["seed"].isin(FIRST_SEEDS)]
+    if not first["found"].all():
+        pytest.skip("main's seeds 1-5 are not all recorded yet")
+    numbers, paper_claims = aggregate.load_reference(aggregate.DEFAULT_REFERENCE)
+    judged = claims.rows([c for c in paper_claims if c["study"] == "main"], numbers,
+                         evidence.paired_tests(first).assign(study="main"), first)
+    assert judged, "no main claim was judged"
+    needed = [n for c in judged
+              if (n := evidence.seeds_needed(c["test"]["sd_diff"], c["paper_delta"]))]
+    target = max([len(FIRST_SEEDS)] + [n for n in needed if n <= SEED_CAP])
+    assert _main_extra_seeds() == list(range(len(FIRST_SEEDS) + 1, target + 1)), (
+        f"the main claims need {needed} seeds: main should have seeds 1-{target}")
