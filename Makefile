@@ -4,7 +4,7 @@ VENV      := .venv
 BIN       := $(VENV)/bin
 STAMP     := $(VENV)/.installed
 DATA_DIR  ?= $(if $(CHILDTUNE_DATA_DIR),$(CHILDTUNE_DATA_DIR),../shared/data)
-PROTOCOL  ?= cpu
+PROTOCOL  ?= cpu_full
 LAUNCHER  ?= hydra/launcher=parallel
 export CHILDTUNE_DATA_DIR := $(DATA_DIR)
 
@@ -28,9 +28,11 @@ test-unit: $(STAMP)
 run: $(STAMP)
 	$(BIN)/python -m childtune.train task=rte variant=vanilla seed=1 data.n_train=64 trainer.epochs=1
 
-# Every planned run of PROTOCOL (cpu: 2 jobs side by side, 1 thread each) that has no record
-# yet, study by study, then the tables. With every record present it only rebuilds the tables.
-# Status without running: python -m childtune.plan protocol=cpu (see experiments/README.md).
+# Every planned run of PROTOCOL (cpu_full, the README's results: 2 jobs side by side, 1 thread
+# each) that has no record yet, study by study, then the tables. With every record present it
+# only rebuilds the tables. A study that waits for a value still to be chosen (`???` in the
+# protocol) stops it there, with the reason. Status without running:
+# python -m childtune.plan protocol=cpu_full (see experiments/README.md).
 reproduce: $(STAMP)
 	$(BIN)/python -m childtune.plan protocol=$(PROTOCOL) launch=true launcher='$(LAUNCHER)'
 	$(BIN)/python -m childtune.aggregate readme=README.md
