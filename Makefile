@@ -31,11 +31,12 @@ run: $(STAMP)
 # Every planned run of PROTOCOL (cpu_full, the README's results: 2 jobs side by side, 1 thread
 # each) that has no record yet, study by study, then the tables. With every record present it
 # only rebuilds the tables. A study that waits for a value still to be chosen (`???` in the
-# protocol) stops it there, with the reason. Status without running:
+# protocol) stops the sweep there, with the reason: the tables are rebuilt from what is
+# recorded, and make fails. Status without running:
 # python -m childtune.plan protocol=cpu_full (see experiments/README.md).
 reproduce: $(STAMP)
-	$(BIN)/python -m childtune.plan protocol=$(PROTOCOL) launch=true launcher='$(LAUNCHER)'
-	$(BIN)/python -m childtune.aggregate readme=README.md
+	$(BIN)/python -m childtune.plan protocol=$(PROTOCOL) launch=true launcher='$(LAUNCHER)'; \
+	status=$$?; $(BIN)/python -m childtune.aggregate readme=README.md && exit $$status
 
 ARCHIVE   := results/archive/cpu-n1000-34bc358
 
