@@ -79,17 +79,6 @@ def test_a_rate_that_is_not_the_grids_choice_fails_the_check(recs, monkeypatch):
         test_each_tuned_rate_that_is_set_is_the_grids_choice(recs)
 
 
-def _main_extra_seeds() -> list[int]:
-    """The seeds cpu_full adds to main (`protocol.studies.main.extra_sweeps`, "seed=6,7")."""
-    lines = (_protocol()["studies"].get("main") or {}).get("extra_sweeps") or []
-    seeds = []
-    for line in lines:
-        key, _, values = line.partition("=")
-        assert key == "seed", f"main's extra sweep {line!r} is not a seed sweep"
-        seeds += [int(v) for v in values.split(",")]
-    return seeds
-
-
 def test_main_has_the_seeds_its_power_rule_asks_for(recs):
     """The rule in cpu_full.yaml, applied once to seeds 1-5: where a main claim's paired test
     needs 6-10 seeds to detect the paper's difference at our SD, main gets seeds up to the
@@ -105,5 +94,6 @@ def test_main_has_the_seeds_its_power_rule_asks_for(recs):
     needed = [n for c in judged
               if (n := evidence.seeds_needed(c["test"]["sd_diff"], c["paper_delta"]))]
     target = max([len(FIRST_SEEDS)] + [n for n in needed if n <= SEED_CAP])
-    assert _main_extra_seeds() == list(range(len(FIRST_SEEDS) + 1, target + 1)), (
+    planned = plan.make_plan(["experiment=main", "protocol=cpu_full"], identities=False)
+    assert {r["overrides"]["seed"] for r in planned.runs} == set(range(1, target + 1)), (
         f"the main claims need {needed} seeds: main should have seeds 1-{target}")
